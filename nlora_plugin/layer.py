@@ -1,0 +1,267 @@
+"""The SLoRA/NLoRA adapter layer: out = base(x) + (alpha / r) · B(N(A(dropout(x)))) (paper eq. 6).
+
+``get_delta_weight`` is the single source of truth for merge, unmerge and export.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from typing import Any
+
+import torch
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .config import NLoraConfig
+from .distributed import full_weight
+from .nystrom import nystrom_factors
+
+logger = logging.getLogger(__name__)
+
+INTTUNE_FROZEN = ("lora_A", "lora_B")
+
+
+def layer_seed(seed: int, layer_key: str) -> int:
+    """A per-layer seed from (config seed, module name): the init does not depend on layer order or rank."""
+    return (seed * 1_000_003 + zlib.crc32(layer_key.encode())) % (2**63)
+
+
+def _empty_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A bias-free Linear whose weight is filled by our init (no wasted default init)."""
+    return nn.utils.skip_init(nn.Linear, in_features, out_features, bias=False)
+
+
+class NLoraLayer(BaseTunerLayer):
+    """Adapter state shared by every NLoRA layer type: one A, N, B per adapter name."""
+
+    adapter_layer_names = ("lora_A", "lora_N", "lora_B")
+    other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout")
+
+    def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
+        self.base_layer = base_layer
+        self.r: dict[str, int] = {}
+        self.lora_alpha: dict[str, float] = {}
+        self.scaling: dict[str, float] = {}
+        self.lora_dropout = nn.ModuleDict({})
+        self.lora_A = nn.ModuleDict({})
+        self.lora_N = nn.ModuleDict({})
+        self.lora_B = nn.ModuleDict({})
+        # residual mode: the initial factors whose product was subtracted from the base weight (not saved:
+        # recomputed from the original base weight when an adapter is loaded).
+        self.residual_A = BufferDict({}, persistent=False)
+        self.residual_N = BufferDict({}, persistent=False)
+        self.residual_B = BufferDict({}, persistent=False)
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self.kwargs = kwargs
+
+        base = self.get_base_layer()
+        if isinstance(base, nn.Linear):
+            self.in_features, self.out_features = base.in_features, base.out_features
+            self.fan_in_fan_out = False
+        elif isinstance(base, Conv1D):  # GPT-2: weight stored (in, out)
+            shape = getattr(base.weight, "ds_shape", base.weight.shape)
+            self.in_features, self.out_features = shape[0], shape[1]
+            self.fan_in_fan_out = True
+        else:
+            raise TypeError(
+                f"NLoRA adapts torch.nn.Linear and transformers Conv1D layers, not {type(base).__name__}; "
+                "remove this module from target_modules."
+            )
+
+    def update_layer(self, adapter_name: str, config: NLoraConfig, layer_key: str) -> None:
+        """Create and initialise adapter `adapter_name` (paper §3 for NLoRA, App. B for SLoRA)."""
+        r = config.r
+        if r > min(self.in_features, self.out_features):
+            raise ValueError(
+                f"NLoraConfig.r={r} is larger than the smaller dimension of {layer_key} "
+                f"({self.out_features}×{self.in_features}); use r <= {min(self.in_features, self.out_features)}"
+            )
+        self.r[adapter_name] = r
+        self.lora_alpha[adapter_name] = config.lora_alpha
+        self.scaling[adapter_name] = config.lora_alpha / r
+        dropout = nn.Dropout(p=config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        self.lora_dropout[adapter_name] = dropout
+        self.lora_A[adapter_name] = _empty_linear(self.in_features, r)
+        self.lora_N[adapter_name] = _empty_linear(r, r)
+        self.lora_B[adapter_name] = _empty_linear(r, self.out_features)
+        self._initialize(adapter_name, config, layer_key)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        if config.train_only_intermediate:
+            # IntTune (§4.3): PEFT re-applies this after every set_adapter / mark-trainable call.
+            self.frozen_peft_weight_names = {**self.frozen_peft_weight_names, adapter_name: INTTUNE_FROZEN}
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    @torch.no_grad()
+    def _initialize(self, adapter_name: str, config: NLoraConfig, layer_key: str) -> None:
+        lora_A = self.lora_A[adapter_name].weight
+        lora_N = self.lora_N[adapter_name].weight
+        lora_B = self.lora_B[adapter_name].weight
+        generator = torch.Generator().manual_seed(layer_seed(config.seed, layer_key))
+        if config.init_method == "slora":
+            nn.init.kaiming_uniform_(lora_A, a=math.sqrt(5), generator=generator)
+            nn.init.zeros_(lora_B)
+            if config.slora_n_init == "kaiming":
+                nn.init.kaiming_uniform_(lora_N, a=math.sqrt(5), generator=generator)
+            else:
+                nn.init.normal_(lora_N, std=1 / config.r, generator=generator)
+            return
+        base_weight = self.get_base_layer().weight
+        if base_weight.device.type == "meta":
+            return  # shapes only (e.g. a meta-device parameter count); weights arrive with load_state_dict
+        with full_weight(base_weight, modify=config.residual) as weight:
+            weight_t = weight.T if self.fan_in_fan_out else weight
+            factors = nystrom_factors(
+                weight_t,
+                config.r,
+                index=config.nystrom_index,
+                core=config.nystrom_core,
+                pinv_rtol=config.pinv_rtol,
+                generator=generator,
+            )
+            lora_A.copy_(factors.lora_A)
+            lora_N.copy_(factors.lora_N)
+            lora_B.copy_(factors.lora_B)
+            if config.residual:
+                self._subtract_initial_product(adapter_name, weight, factors, layer_key)
+
+    def _subtract_initial_product(self, adapter_name: str, weight: torch.Tensor, factors, layer_key: str) -> None:
+        """Residual mode: W <- W - scale·B0·N0·A0, so the model output at step 0 is the pretrained one."""
+        self.residual_A[adapter_name] = factors.lora_A
+        self.residual_N[adapter_name] = factors.lora_N
+        self.residual_B[adapter_name] = factors.lora_B
+        product = self._residual_delta(adapter_name)
+        original = weight.float()
+        residual = original - product
+        ratio = float(residual.norm() / original.norm().clamp_min(1e-30))
+        if ratio > 1.0:
+            logger.warning(
+                "NLoRA residual of %s is larger than the weight itself (‖W − scale·BNA‖ / ‖W‖ = %.2f): the "
+                "chosen Nyström factors do not approximate W; consider nystrom_core='optimal'.",
+                layer_key,
+                ratio,
+            )
+        weight.copy_(residual.to(weight.dtype))
+
+    def _residual_delta(self, adapter_name: str) -> torch.Tensor:
+        """scale·B0·N0·A0 in the base weight's layout: the product subtracted at init (residual mode)."""
+        product = self.residual_B[adapter_name] @ self.residual_N[adapter_name] @ self.residual_A[adapter_name]
+        product = product * self.scaling[adapter_name]
+        return product.T if self.fan_in_fan_out else product
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """scale · B·N·A in the base weight's layout (float32 if the adapter is): what merge adds to W."""
+        lora_A = self.lora_A[adapter_name].weight
+        lora_N = self.lora_N[adapter_name].weight
+        lora_B = self.lora_B[adapter_name].weight
+        compute_dtype = torch.float32 if lora_A.dtype in (torch.float16, torch.bfloat16) else lora_A.dtype
+        delta = lora_B.to(compute_dtype) @ lora_N.to(compute_dtype) @ lora_A.to(compute_dtype)
+        delta = delta * self.scaling[adapter_name]
+        return delta.T if self.fan_in_fan_out else delta
+
+    def residual_adapters(self) -> list[str]:
+        """Adapters whose initial product was subtracted from this layer's base weight."""
+        return list(self.residual_A.keys())
+
+    @torch.no_grad()
+    def restore_residuals(self) -> None:
+        """Add back the initial product of every residual adapter that is not merged (used on unload)."""
+        weight = self.get_base_layer().weight
+        for adapter_name in self.residual_adapters():
+            if adapter_name not in self.merged_adapters:
+                weight.add_(self._residual_delta(adapter_name).to(weight.dtype))
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Delete an adapter; a residual adapter's initial product is first added back to W."""
+        if adapter_name in self.residual_adapters():
+            with torch.no_grad():
+                weight = self.get_base_layer().weight
+                weight.add_(self._residual_delta(adapter_name).to(weight.dtype))
+            for buffers in (self.residual_A, self.residual_N, self.residual_B):
+                del buffers[adapter_name]
+        super().delete_adapter(adapter_name)
+
+
+class NLoraLinear(nn.Module, NLoraLayer):
+    """NLoRA on an nn.Linear (or a GPT-2 Conv1D)."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: NLoraConfig, layer_key: str) -> None:
+        super().__init__()
+        NLoraLayer.__init__(self, base_layer)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config, layer_key)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Add the adapters' delta weights into the base weight."""
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        base_weight = self.get_base_layer().weight
+        for adapter_name in adapter_names:
+            if adapter_name not in self.lora_A:
+                continue
+            delta = self.get_delta_weight(adapter_name).to(base_weight.dtype)
+            with torch.no_grad():
+                if safe_merge:
+                    merged = base_weight.data + delta
+                    if not torch.isfinite(merged).all():
+                        raise ValueError(f"NaNs detected in the merged weights of adapter {adapter_name!r}")
+                    base_weight.data = merged
+                else:
+                    base_weight.data.add_(delta)
+            self.merged_adapters.append(adapter_name)
+
+    def unmerge(self) -> None:
+        """Subtract every merged adapter's delta weight again."""
+        base_weight = self.get_base_layer().weight
+        while self.merged_adapters:
+            adapter_name = self.merged_adapters.pop()
+            with torch.no_grad():
+                base_weight.data.sub_(self.get_delta_weight(adapter_name).to(base_weight.dtype))
+
+    def unload_and_optionally_merge_module(
+        self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
+    ) -> nn.Module:
+        """PEFT's unload hook: merge if asked, give residual adapters' products back, return the base layer."""
+        if merge:
+            self.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+        self.restore_residuals()
+        return self.get_base_layer()
+
+    def _residual_output(self, x: torch.Tensor, skip: set[str]) -> torch.Tensor | None:
+        """scale·B0 N0 A0 x for residual adapters not in `skip`: keeps W whole when they are inactive."""
+        total = None
+        for adapter_name in self.residual_adapters():
+            if adapter_name in skip:
+                continue
+            h = x.to(self.residual_A[adapter_name].dtype) @ self.residual_A[adapter_name].T
+            h = h @ self.residual_N[adapter_name].T @ self.residual_B[adapter_name].T
+            h = h * self.scaling[adapter_name]
+            total = h if total is None else total + h
+        return total
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters and self.merged:
+            self.unmerge()
+        result = self.base_layer(x, *args, **kwargs)
+        result_dtype = result.dtype
+        active = set() if self.disable_adapters else set(self.active_adapters)
+        in_weight = active | set(self.merged_adapters)
+        restore = self._residual_output(x, skip=in_weight)
+        if restore is not None:
+            result = result + restore.to(result_dtype)
+        if self.disable_adapters or self.merged:
+            return result
+        for adapter_name in self.active_adapters:
+            if adapter_name not in self.lora_A:
+                continue
+            lora_A = self.lora_A[adapter_name]
+            h = lora_A(self.lora_dropout[adapter_name](self._cast_input_dtype(x, lora_A.weight.dtype)))
+            h = self.lora_B[adapter_name](self.lora_N[adapter_name](h))
+            result = result + (h * self.scaling[adapter_name]).to(result_dtype)
+        return result.to(result_dtype)
+
+    def __repr__(self) -> str:
+        return "nlora." + super().__repr__()

@@ -1,0 +1,68 @@
+"""NLoraModel: the PEFT tuner that finds target modules and swaps in NLoRA layers."""
+
+from __future__ import annotations
+
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .config import NLoraConfig
+from .layer import NLoraLayer, NLoraLinear
+
+SUPPORTED_LAYERS = (nn.Linear, Conv1D)
+
+
+class NLoraModel(BaseTuner):
+    """SLoRA / NLoRA / IntTune on a transformers model (paper §3, §4.3).
+
+    Same target-module rules as PEFT's LoRA ('all-linear', names, regex; default targets per
+    architecture from LoRA's table).
+    """
+
+    prefix: str = "lora_"
+    tuner_layer_cls = NLoraLayer
+    target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    def _pre_injection_hook(self, model: nn.Module, config: NLoraConfig, adapter_name: str) -> None:
+        """Reject an impossible rank for any target layer before a single layer is initialised."""
+        super()._pre_injection_hook(model, config, adapter_name)
+        if not isinstance(config.target_modules, (str, set, list)):
+            return
+        for name, module in model.named_modules():
+            if not isinstance(module, SUPPORTED_LAYERS) or not self._check_target_module_exists(config, name):
+                continue
+            if isinstance(module, nn.Linear):
+                in_features, out_features = module.in_features, module.out_features
+            else:
+                in_features, out_features = getattr(module.weight, "ds_shape", module.weight.shape)
+            if config.r > min(in_features, out_features):
+                raise ValueError(
+                    f"NLoraConfig.r={config.r} is larger than the smaller dimension of target module {name} "
+                    f"({out_features}×{in_features}); use r <= {min(in_features, out_features)} or leave "
+                    "that module out of target_modules."
+                )
+
+    def _create_and_replace(
+        self,
+        config: NLoraConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **optional_kwargs,
+    ) -> None:
+        if isinstance(target, NLoraLinear):
+            target.update_layer(adapter_name, config, current_key)
+            return
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if not isinstance(base, SUPPORTED_LAYERS):
+            raise TypeError(
+                f"NLoRA adapts torch.nn.Linear and transformers Conv1D layers; target module {current_key} is a "
+                f"{type(base).__name__}. Remove it from target_modules."
+            )
+        new_module = NLoraLinear(target, adapter_name, config, current_key)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)  # an added adapter is not trainable until set_adapter
+        self._replace_module(parent, target_name, new_module, target)
