@@ -30,9 +30,9 @@ def layer_seed(seed: int, layer_key: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(layer_key.encode())) % (2**63)
 
 
-def _empty_linear(in_features: int, out_features: int) -> nn.Linear:
-    """A bias-free Linear whose weight is filled by our init (no wasted default init)."""
-    return nn.utils.skip_init(nn.Linear, in_features, out_features, bias=False)
+def _empty_linear(in_features: int, out_features: int, device: torch.device) -> nn.Linear:
+    """A bias-free Linear on `device` whose weight is filled by our init (no wasted default init)."""
+    return nn.utils.skip_init(nn.Linear, in_features, out_features, bias=False, device=device)
 
 
 class NLoraLayer(BaseTunerLayer):
@@ -86,9 +86,10 @@ class NLoraLayer(BaseTunerLayer):
         self.scaling[adapter_name] = config.lora_alpha / r
         dropout = nn.Dropout(p=config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
         self.lora_dropout[adapter_name] = dropout
-        self.lora_A[adapter_name] = _empty_linear(self.in_features, r)
-        self.lora_N[adapter_name] = _empty_linear(r, r)
-        self.lora_B[adapter_name] = _empty_linear(r, self.out_features)
+        device = self.get_base_layer().weight.device
+        self.lora_A[adapter_name] = _empty_linear(self.in_features, r, device)
+        self.lora_N[adapter_name] = _empty_linear(r, r, device)
+        self.lora_B[adapter_name] = _empty_linear(r, self.out_features, device)
         self._initialize(adapter_name, config, layer_key)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         if config.train_only_intermediate:
@@ -101,6 +102,8 @@ class NLoraLayer(BaseTunerLayer):
         lora_A = self.lora_A[adapter_name].weight
         lora_N = self.lora_N[adapter_name].weight
         lora_B = self.lora_B[adapter_name].weight
+        if lora_A.device.type == "meta":
+            return  # shapes only (e.g. a parameter count); weights arrive with load_state_dict
         generator = torch.Generator().manual_seed(layer_seed(config.seed, layer_key))
         if config.init_method == "slora":
             nn.init.kaiming_uniform_(lora_A, a=math.sqrt(5), generator=generator)
@@ -110,10 +113,7 @@ class NLoraLayer(BaseTunerLayer):
             else:
                 nn.init.normal_(lora_N, std=1 / config.r, generator=generator)
             return
-        base_weight = self.get_base_layer().weight
-        if base_weight.device.type == "meta":
-            return  # shapes only (e.g. a meta-device parameter count); weights arrive with load_state_dict
-        with full_weight(base_weight, modify=config.residual) as weight:
+        with full_weight(self.get_base_layer().weight, modify=config.residual) as weight:
             weight_t = weight.T if self.fan_in_fan_out else weight
             factors = nystrom_factors(
                 weight_t,

@@ -44,7 +44,7 @@ def test_pinv_core_reproduces_sampled_rows_and_columns():
 def test_optimal_core_is_never_worse_than_pinv_and_bounded_by_svd():
     w = torch.randn(64, 48) + 3 * low_rank_weight(64, 48, rank=4, seed=2)
     for index in ("first", "random", "pivoted"):
-        gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731 - same indices for both cores
+        gen = lambda: torch.Generator().manual_seed(5)
         pinv = relative_error(w, nystrom_factors(w, 8, index=index, core="pinv", generator=gen()).product())
         optimal = relative_error(w, nystrom_factors(w, 8, index=index, core="optimal", generator=gen()).product())
         assert optimal <= pinv + 1e-6
