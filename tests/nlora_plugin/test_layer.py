@@ -51,7 +51,7 @@ def test_gaussian_slora_n_has_std_one_over_r():
 
 
 def test_init_does_not_depend_on_global_rng_or_layer_order():
-    config = dict(r=4, target_modules=["q_proj"], init_method="slora", seed=3)
+    config = {"r": 4, "target_modules": ["q_proj"], "init_method": "slora", "seed": 3}
     torch.manual_seed(0)
     first = q_proj(adapted(NLoraConfig(**config))).lora_A["default"].weight.clone()
     torch.manual_seed(123)
