@@ -106,12 +106,17 @@ class NLoraLayer(BaseTunerLayer):
             return  # shapes only (e.g. a parameter count); weights arrive with load_state_dict
         generator = torch.Generator().manual_seed(layer_seed(config.seed, layer_key))
         if config.init_method == "slora":
-            nn.init.kaiming_uniform_(lora_A, a=math.sqrt(5), generator=generator)
-            nn.init.zeros_(lora_B)
+            # drawn on the CPU so the values do not depend on the device (or rank) the adapter lives on
+            initial_A = torch.empty(lora_A.shape)
+            initial_N = torch.empty(lora_N.shape)
+            nn.init.kaiming_uniform_(initial_A, a=math.sqrt(5), generator=generator)
             if config.slora_n_init == "kaiming":
-                nn.init.kaiming_uniform_(lora_N, a=math.sqrt(5), generator=generator)
+                nn.init.kaiming_uniform_(initial_N, a=math.sqrt(5), generator=generator)
             else:
-                nn.init.normal_(lora_N, std=1 / config.r, generator=generator)
+                nn.init.normal_(initial_N, std=1 / config.r, generator=generator)
+            lora_A.copy_(initial_A)
+            lora_N.copy_(initial_N)
+            nn.init.zeros_(lora_B)
             return
         with full_weight(self.get_base_layer().weight, modify=config.residual) as weight:
             weight_t = weight.T if self.fan_in_fan_out else weight
