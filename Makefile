@@ -10,7 +10,12 @@ export DO_NOT_TRACK := 1
 export DS_BUILD_OPS := 0
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install test demo lint clean
+.PHONY: install test test-core-peft021 demo lint clean
+
+# The core must work on both PEFT 0.20 (Axolotl's pin, in .venv) and PEFT 0.21 (this second venv).
+VENV021  := .venv-peft021
+PY021    := $(VENV021)/bin/python
+STAMP021 := $(VENV021)/.installed
 
 install: $(STAMP)
 
@@ -23,8 +28,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[eval,axolotl,deepspeed,demo,test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+$(STAMP021): constraints-peft021.txt
+	test -x $(PY021) || python3 -m venv $(VENV021)
+	$(PY021) -m pip install -q --upgrade pip==24.3.1
+	$(PY021) -m pip install -q torch==2.13.0
+	$(PY021) -m pip install -q -r constraints-peft021.txt
+	touch $(STAMP021)
+
+test: $(STAMP) test-core-peft021
 	$(PY) -m pytest -q -rs
+
+test-core-peft021: $(STAMP021)
+	$(PY021) -m pytest -q -p no:cacheprovider tests/nlora_plugin --ignore=tests/nlora_plugin/axolotl
 
 demo: $(STAMP)
 	$(PY) -m eval_harness.demo
