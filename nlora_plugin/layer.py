@@ -102,8 +102,11 @@ class NLoraLayer(BaseTunerLayer):
         lora_A = self.lora_A[adapter_name].weight
         lora_N = self.lora_N[adapter_name].weight
         lora_B = self.lora_B[adapter_name].weight
-        if lora_A.device.type == "meta":
-            return  # shapes only (e.g. a parameter count); weights arrive with load_state_dict
+        adapter_on_meta = lora_A.device.type == "meta"  # shapes only: a parameter count, or PEFT's
+        # low_cpu_mem_usage loading, where the trained weights arrive with load_state_dict; the residual
+        # must still be subtracted from a real base weight then.
+        if self.get_base_layer().weight.device.type == "meta" or (adapter_on_meta and not config.residual):
+            return
         generator = torch.Generator().manual_seed(layer_seed(config.seed, layer_key))
         if config.init_method == "slora":
             # drawn on the CPU so the values do not depend on the device (or rank) the adapter lives on
@@ -128,9 +131,10 @@ class NLoraLayer(BaseTunerLayer):
                 pinv_rtol=config.pinv_rtol,
                 generator=generator,
             )
-            lora_A.copy_(factors.lora_A)
-            lora_N.copy_(factors.lora_N)
-            lora_B.copy_(factors.lora_B)
+            if not adapter_on_meta:
+                lora_A.copy_(factors.lora_A)
+                lora_N.copy_(factors.lora_N)
+                lora_B.copy_(factors.lora_B)
             if config.residual:
                 self._subtract_initial_product(adapter_name, weight, factors, layer_key)
 

@@ -44,6 +44,16 @@ def test_save_and_from_pretrained_give_identical_logits(tmp_path, input_ids, opt
     assert torch.allclose(loaded(input_ids).logits, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("options", [{}, {"residual": True, "nystrom_core": "optimal"}])
+def test_low_cpu_mem_usage_loading_matches(tmp_path, input_ids, options):
+    model = get_peft_model(tiny_llama(), NLoraConfig(r=8, target_modules="all-linear", **options))
+    perturb_trainable(model)
+    expected = model(input_ids).logits
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_llama(), tmp_path, low_cpu_mem_usage=True)
+    assert torch.allclose(loaded(input_ids).logits, expected, atol=1e-5)
+
+
 def test_adapter_file_holds_only_adapter_tensors(tmp_path):
     model = get_peft_model(tiny_llama(), NLoraConfig(r=4, target_modules=["q_proj"]))
     model.save_pretrained(tmp_path)
