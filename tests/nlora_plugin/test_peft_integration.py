@@ -145,3 +145,21 @@ def test_gpt2_conv1d_init_merge_and_reload(tmp_path):
 def test_invalid_config_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=rf"NLoraConfig\.{field}="):
         NLoraConfig(target_modules=["q_proj"], **kwargs)
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+def test_other_decoder_families_merge_exactly(family, input_ids):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        family, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=101, max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_config(config).eval(),
+                           NLoraConfig(r=8, target_modules="all-linear"))
+    adapted = [name for name, _ in model.named_modules() if name.endswith("lora_N")]
+    assert len(adapted) == 2 * 7  # all seven projections of both blocks
+    perturb_trainable(model)
+    expected = model(input_ids).logits
+    assert torch.allclose(model.merge_and_unload()(input_ids).logits, expected, atol=1e-4)
