@@ -1,0 +1,7 @@
+"""`python -m eval_harness ...` is `eval-harness ...`."""
+
+import sys
+
+from eval_harness.cli import main
+
+sys.exit(main())

@@ -1,0 +1,327 @@
+"""The eval YAML: one base model, any number of adapters, the benchmarks and their settings.
+
+Everything is checked here, before any model loads: unknown fields, missing folders and files,
+adapter folders without adapter_config.json, unknown benchmarks. Each benchmark section is handed
+to its task module's `parse_section`, which checks its own fields the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+
+from eval_harness.errors import ConfigError
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """Where a benchmark's code lives. `per_model=False`: it trains its own methods (`run_all`)."""
+
+    key: str
+    module: str
+    attr: str | None = None
+    per_model: bool = True
+
+    def load(self) -> Any:
+        """The object with `parse_section` and `run` (or `run_all`): the module or one of its attributes."""
+        module: ModuleType = importlib.import_module(self.module)
+        return getattr(module, self.attr) if self.attr else module
+
+
+# Only benchmarks whose task module exists are listed; the other sections are rejected as unknown.
+BENCHMARKS: dict[str, Benchmark] = {
+    "gsm8k": Benchmark("gsm8k", "eval_harness.tasks.gsm8k_math", "GSM8K"),
+    "math": Benchmark("math", "eval_harness.tasks.gsm8k_math", "MATH"),
+}
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """The YAML's `generation:` block: what a task uses unless its own section says otherwise."""
+
+    batch_size: int = 8
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One row of `models:`: an adapter (or none) on the shared base model."""
+
+    label: str
+    method: str
+    adapter: Path | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """A validated eval YAML."""
+
+    base_model: Path
+    models: tuple[ModelEntry, ...]
+    benchmarks: dict[str, Any]  # benchmark key -> the settings its parse_section returned
+    generation: GenerationDefaults = GenerationDefaults()
+    dtype: str = "auto"
+    device: str = "auto"
+    report_baseline: str | None = None
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form for run.json (paths resolved, settings expanded)."""
+        return _jsonable(
+            {
+                "base_model": self.base_model,
+                "dtype": self.dtype,
+                "device": self.device,
+                "models": [dataclasses.asdict(entry) for entry in self.models],
+                "generation": dataclasses.asdict(self.generation),
+                "benchmarks": {
+                    key: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+                    for key, value in self.benchmarks.items()
+                },
+                "report": {"baseline": self.report_baseline},
+            }
+        )
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(key): _jsonable(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(value) for value in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    return obj
+
+
+# --------------------------------------------------------------------------- small field checkers
+# Shared by the task modules: each names the field, the bad value and the fix.
+
+
+def check_fields(section: Any, *, where: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
+    """`section` must be a mapping with only `allowed` keys and every `required` key."""
+    if section is None:
+        section = {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{where or 'the file'} must be a mapping of fields, got {section!r}")
+    unknown = sorted(set(section) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"{_join(where, unknown[0])}: unknown field (value {section[unknown[0]]!r}); "
+            f"allowed fields here: {', '.join(allowed)}"
+        )
+    for name in required:
+        if section.get(name) is None:
+            raise ConfigError(f"{_join(where, name)}: required field is missing")
+    return dict(section)
+
+
+def get_int(section: Mapping, name: str, *, where: str, default: int | None, minimum: int = 0) -> int | None:
+    """An integer field >= `minimum` (bools refused), or `default` when absent."""
+    value = section.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{_join(where, name)}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def get_float(section: Mapping, name: str, *, where: str, default: float, low: float, high: float) -> float:
+    """A number in [low, high], or `default` when absent."""
+    value = section.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(f"{_join(where, name)}: expected a number in [{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def get_choice(section: Mapping, name: str, *, where: str, choices: tuple[str, ...], default: str) -> str:
+    """One of `choices`, or `default` when absent."""
+    value = section.get(name, default)
+    if value not in choices:
+        raise ConfigError(f"{_join(where, name)}: expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def get_path(
+    section: Mapping, name: str, *, where: str, base_dir: Path, kind: str = "file", required: bool = True
+) -> Path | None:
+    """A path (relative to the YAML's folder) that must exist as a `kind` ("file" or "dir")."""
+    value = section.get(name)
+    if value is None:
+        if required:
+            raise ConfigError(f"{_join(where, name)}: required field is missing (a path to a {kind})")
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{_join(where, name)}: expected a path string, got {value!r}")
+    path = (base_dir / Path(value).expanduser()).resolve()
+    exists = path.is_file() if kind == "file" else path.is_dir()
+    if not exists:
+        raise ConfigError(
+            f"{_join(where, name)}: {kind} {value!r} does not exist (resolved to {path}); "
+            f"relative paths are read from the YAML's folder {base_dir}"
+        )
+    return path
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+# --------------------------------------------------------------------------- the whole file
+
+TOP_FIELDS = ("base_model", "dtype", "device", "models", "generation", "benchmarks", "report")
+MODEL_FIELDS = ("label", "method", "adapter", "seed")
+GENERATION_FIELDS = ("batch_size", "max_new_tokens", "temperature", "top_p", "seed")
+
+
+def load_config(path: Path | str) -> EvalConfig:
+    """Read and validate an eval YAML (relative paths are read from the YAML's folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    return parse_config(data, base_dir=path.resolve().parent)
+
+
+def parse_config(data: Any, *, base_dir: Path) -> EvalConfig:
+    """Validate a parsed YAML document; every benchmark section goes to its task's `parse_section`."""
+    top = check_fields(data, where="", allowed=TOP_FIELDS, required=("base_model", "models", "benchmarks"))
+    base_model = get_path(top, "base_model", where="", base_dir=base_dir, kind="dir")
+    if not (base_model / "config.json").is_file():
+        raise ConfigError(
+            f"base_model: {base_model} has no config.json; point it at a local Hugging Face model folder "
+            "(hub names are not downloaded)"
+        )
+    models = _parse_models(top["models"], base_dir=base_dir)
+    generation = _parse_generation(top.get("generation"))
+    benchmarks = _parse_benchmarks(top["benchmarks"], base_dir=base_dir)
+    report = check_fields(top.get("report"), where="report", allowed=("baseline",))
+    baseline = report.get("baseline")
+    methods = {entry.method for entry in models}
+    if baseline is not None and baseline not in methods:
+        raise ConfigError(
+            f"report.baseline: {baseline!r} is not the method of any model entry; use one of {sorted(methods)}"
+        )
+    return EvalConfig(
+        base_model=base_model,
+        models=models,
+        benchmarks=benchmarks,
+        generation=generation,
+        dtype=get_choice(top, "dtype", where="", choices=DTYPES, default="auto"),
+        device=_parse_device(top.get("device", "auto")),
+        report_baseline=baseline,
+        raw=dict(top),
+    )
+
+
+def _parse_device(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise ConfigError(f"device: expected auto, cpu, mps, cuda or cuda:N, got {value!r}")
+    return value
+
+
+def _parse_generation(section: Any) -> GenerationDefaults:
+    where = "generation"
+    fields = check_fields(section, where=where, allowed=GENERATION_FIELDS)
+    default = GenerationDefaults()
+    return GenerationDefaults(
+        batch_size=get_int(fields, "batch_size", where=where, default=default.batch_size, minimum=1),
+        max_new_tokens=get_int(fields, "max_new_tokens", where=where, default=default.max_new_tokens, minimum=1),
+        temperature=get_float(fields, "temperature", where=where, default=default.temperature, low=0.0, high=10.0),
+        top_p=get_float(fields, "top_p", where=where, default=default.top_p, low=0.0, high=1.0),
+        seed=get_int(fields, "seed", where=where, default=default.seed),
+    )
+
+
+def _parse_models(section: Any, *, base_dir: Path) -> tuple[ModelEntry, ...]:
+    if not isinstance(section, list) or not section:
+        raise ConfigError(
+            f"models: expected a non-empty list of {{label, adapter, method, seed}} entries, got {section!r}"
+        )
+    entries: list[ModelEntry] = []
+    for index, item in enumerate(section):
+        where = f"models[{index}]"
+        fields = check_fields(item, where=where, allowed=MODEL_FIELDS, required=("label",))
+        label = fields["label"]
+        if not isinstance(label, str) or not LABEL_PATTERN.match(label):
+            raise ConfigError(
+                f"{where}.label: {label!r} cannot name a folder; use letters, digits, '.', '_' and '-'"
+            )
+        if label in {entry.label for entry in entries}:
+            raise ConfigError(f"{where}.label: {label!r} is used twice; every model entry needs its own label")
+        adapter = get_path(fields, "adapter", where=where, base_dir=base_dir, kind="dir", required=False)
+        if adapter is not None:
+            check_adapter_folder(adapter, where=f"{where}.adapter")
+        method = fields.get("method") or infer_method(adapter)
+        if not isinstance(method, str):
+            raise ConfigError(f"{where}.method: expected a string such as NLoRA, LoRA, PiSSA, got {method!r}")
+        seed = get_int(fields, "seed", where=where, default=None)
+        entries.append(ModelEntry(label=label, method=method, adapter=adapter, seed=seed))
+    return tuple(entries)
+
+
+def check_adapter_folder(adapter: Path, *, where: str) -> None:
+    """A PEFT adapter folder holds adapter_config.json and the adapter weights."""
+    if not (adapter / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"{where}: {adapter} has no adapter_config.json, so it is not a PEFT adapter folder; point it at "
+            "the folder save_pretrained() wrote, or drop `adapter` to evaluate the base model"
+        )
+    if not any((adapter / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise ConfigError(f"{where}: {adapter} has adapter_config.json but no adapter_model.safetensors")
+    try:
+        json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{where}: {adapter / 'adapter_config.json'} is not valid JSON: {error}") from error
+
+
+def infer_method(adapter: Path | None) -> str:
+    """The method name the report groups by, read from adapter_config.json when the YAML gives none."""
+    if adapter is None:
+        return "base"
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    peft_type = str(config.get("peft_type", "")).upper()
+    if peft_type == "NLORA":
+        if config.get("train_only_intermediate"):
+            return "IntTune"
+        return "SLoRA" if config.get("init_method") == "slora" else "NLoRA"
+    if peft_type == "LORA":
+        init = config.get("init_lora_weights")
+        return "PiSSA" if isinstance(init, str) and init.lower().startswith("pissa") else "LoRA"
+    return peft_type or "adapter"
+
+
+def _parse_benchmarks(section: Any, *, base_dir: Path) -> dict[str, Any]:
+    if not isinstance(section, Mapping) or not section:
+        raise ConfigError(
+            f"benchmarks: expected a mapping such as {{gsm8k: {{}}, math: {{data: ...}}}}, got {section!r}"
+        )
+    parsed: dict[str, Any] = {}
+    for key, value in section.items():
+        if key not in BENCHMARKS:
+            raise ConfigError(
+                f"benchmarks.{key}: unknown benchmark; available here: {', '.join(sorted(BENCHMARKS))}"
+            )
+        task = BENCHMARKS[key].load()
+        parsed[key] = task.parse_section(value or {}, where=f"benchmarks.{key}", base_dir=base_dir)
+    return parsed

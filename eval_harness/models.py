@@ -1,0 +1,140 @@
+"""One model entry of the YAML: the base model plus an adapter (NLoRA, LoRA, PiSSA or none), loaded lazily.
+
+Adapters load through stock PEFT; `nlora_plugin` is imported first so NLoRA adapters are known.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval_harness.config import EvalConfig, GenerationDefaults, ModelEntry
+from eval_harness.generation import HFGenerator, TextGenerator
+
+logger = logging.getLogger(__name__)
+
+
+def count_adapter_parameters(adapter: Path) -> int:
+    """Trainable parameters of an adapter, counted from its saved tensors.
+
+    IntTune (NLoRA with train_only_intermediate) trains only the r×r matrices N, so only `lora_N`
+    tensors (and any modules_to_save) count; for every other adapter all saved tensors were trained.
+    """
+    from safetensors import safe_open
+
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    only_intermediate = bool(config.get("train_only_intermediate"))
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        state = torch.load(adapter / "adapter_model.bin", map_location="cpu", weights_only=True)
+        shapes = {name: tuple(tensor.shape) for name, tensor in state.items()}
+    else:
+        with safe_open(str(weights), framework="pt") as handle:
+            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+    total = 0
+    for name, shape in shapes.items():
+        is_factor = "lora_A" in name or "lora_B" in name
+        if only_intermediate and is_factor:
+            continue
+        numel = 1
+        for size in shape:
+            numel *= size
+        total += numel
+    return total
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` is the first GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str) -> torch.dtype | str:
+    return "auto" if dtype == "auto" else getattr(torch, dtype)
+
+
+@dataclass
+class ModelHandle:
+    """A model entry ready for a task: metadata now, weights on first use of `.model`."""
+
+    label: str
+    method: str
+    seed: int | None
+    base_model: Path
+    adapter: Path | None
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    dtype: str = "auto"
+    device: str = "auto"
+
+    @classmethod
+    def from_entry(cls, entry: ModelEntry, config: EvalConfig) -> ModelHandle:
+        return cls(
+            label=entry.label,
+            method=entry.method,
+            seed=entry.seed,
+            base_model=config.base_model,
+            adapter=entry.adapter,
+            generation=config.generation,
+            dtype=config.dtype,
+            device=config.device,
+        )
+
+    @cached_property
+    def trainable_params(self) -> int | None:
+        return None if self.adapter is None else count_adapter_parameters(self.adapter)
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        source = self.adapter if self.adapter and (self.adapter / "tokenizer_config.json").is_file() else None
+        tokenizer = AutoTokenizer.from_pretrained(str(source or self.base_model))
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise ValueError(
+                    f"{self.base_model}: the tokenizer has neither a pad nor an eos token; add one to "
+                    "its tokenizer_config.json"
+                )
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        return tokenizer
+
+    @cached_property
+    def model(self) -> torch.nn.Module:
+        """The base model with the adapter applied (not merged), in eval mode on the chosen device."""
+        from transformers import AutoModelForCausalLM
+
+        device = resolve_device(self.device)
+        logger.info("loading %s%s on %s", self.base_model, f" + {self.adapter}" if self.adapter else "", device)
+        model = AutoModelForCausalLM.from_pretrained(str(self.base_model), dtype=resolve_dtype(self.dtype))
+        if self.adapter is not None:
+            from peft import PeftModel
+
+            import nlora_plugin  # noqa: F401  (registers the NLoRA PEFT method before loading)
+
+            model = PeftModel.from_pretrained(model, str(self.adapter), is_trainable=False)
+        return model.to(device).eval()
+
+    @cached_property
+    def generator(self) -> TextGenerator:
+        return HFGenerator(self.model, self.tokenizer, batch_size=self.generation.batch_size)
+
+    @property
+    def loaded(self) -> bool:
+        return "model" in self.__dict__
+
+    def release(self) -> None:
+        """Drop the weights (the next entry loads its own), freeing GPU memory."""
+        for name in ("generator", "model"):
+            self.__dict__.pop(name, None)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,100 @@
+"""Runs every model entry on every benchmark of a validated config; a rerun resumes a killed run.
+
+A (label, benchmark) whose summary.json exists is done and skipped without loading the model; an
+unfinished one is handed to its task, which skips the items it already finished. A model is loaded
+only when one of its benchmarks still has work, and dropped before the next entry loads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from eval_harness.config import BENCHMARKS, EvalConfig
+from eval_harness.errors import ConfigError
+from eval_harness.models import ModelHandle
+from eval_harness.results import atomic_write_json, read_json
+from eval_harness.versions import package_versions
+
+logger = logging.getLogger(__name__)
+
+
+def start_run_dir(config: EvalConfig, output: Path, *, command: list[str]) -> None:
+    """Write RUN_DIR/run.json, or check that an existing one was made by the same config (resume)."""
+    run_json = output / "run.json"
+    current = config.as_dict()
+    if run_json.is_file():
+        previous = read_json(run_json).get("config", {})
+        changed = sorted(key for key in set(previous) | set(current) if previous.get(key) != current.get(key))
+        if changed:
+            raise ConfigError(
+                f"{output} holds a run made with a different config (fields that differ: {', '.join(changed)}); "
+                "rerun with the same YAML to resume it, or choose a new --output"
+            )
+        logger.info("resuming the run in %s", output)
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        run_json,
+        {
+            "config": current,
+            "versions": package_versions(),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": command,
+        },
+    )
+
+
+def run_config(config: EvalConfig, output: Path, *, command: list[str]) -> list[dict[str, Any]]:
+    """Evaluate everything the config asks for into `output`; returns every summary (old and new)."""
+    output = Path(output)
+    start_run_dir(config, output, command=command)
+    per_model = [(key, settings) for key, settings in config.benchmarks.items() if BENCHMARKS[key].per_model]
+    summaries: list[dict[str, Any]] = []
+    for index, entry in enumerate(config.models, start=1):
+        handle = ModelHandle.from_entry(entry, config)
+        logger.info("model %d/%d: %s (%s)", index, len(config.models), entry.label, entry.method)
+        for key, settings in per_model:
+            out_dir = output / entry.label / key
+            if (out_dir / "summary.json").is_file():
+                logger.info("%s/%s: finished in an earlier run, skipped", entry.label, key)
+                summaries.append(read_json(out_dir / "summary.json"))
+                continue
+            out_dir.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            summary = BENCHMARKS[key].load().run(settings, model=handle, out_dir=out_dir)
+            logger.info(
+                "%s/%s: %s = %s (%.1f s)",
+                entry.label,
+                key,
+                summary["primary_metric"],
+                summary["metrics"].get(summary["primary_metric"]),
+                time.perf_counter() - started,
+            )
+            summaries.append(summary)
+        handle.release()
+    for key, settings in config.benchmarks.items():
+        if not BENCHMARKS[key].per_model:
+            started = time.perf_counter()
+            summaries.extend(BENCHMARKS[key].load().run_all(settings, run_dir=output))
+            logger.info("%s: done (%.1f s)", key, time.perf_counter() - started)
+    return summaries
+
+
+def format_table(summaries: list[dict[str, Any]]) -> str:
+    """A plain-text table: one row per label, one column per benchmark (primary metric)."""
+    labels = list(dict.fromkeys(summary["label"] for summary in summaries))
+    benchmarks = list(dict.fromkeys(summary["benchmark"] for summary in summaries))
+    value = {
+        (summary["label"], summary["benchmark"]): summary["metrics"].get(summary["primary_metric"])
+        for summary in summaries
+    }
+    rows = [["label", *benchmarks]]
+    for label in labels:
+        cells = [value.get((label, benchmark)) for benchmark in benchmarks]
+        rows.append([label, *("-" if cell is None else f"{cell:.4f}" for cell in cells)])
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows)
