@@ -14,6 +14,7 @@ the sandbox's process group on the wall-clock timeout; the pid namespace dies wi
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -158,42 +159,79 @@ def interpreter() -> str:
 
 
 def run_python(source: str, limits: Limits | None = None) -> ExecResult:
-    """Run `source` as a Python program in a fresh sandbox; kill everything it started on timeout."""
+    """Run `source` as a Python program in a fresh sandbox; kill everything it started on timeout.
+
+    Returns only once every process of the sandbox is gone: it waits for the pid namespace's
+    init (whose exit makes the kernel kill and reap all the others), not just for bwrap.
+    """
     limits = limits or Limits()
     bwrap = bwrap_path()
     unprivileged = os.geteuid() != 0
     uid = -1 if unprivileged else secrets.randbelow(UID_RANGE[1] - UID_RANGE[0]) + UID_RANGE[0]
-    read_fd, write_fd = os.pipe()
+    program_r, program_w = os.pipe()
+    info_r, info_w = os.pipe()
     try:
         argv = _bwrap_argv(bwrap, limits, unprivileged=unprivileged)
-        argv += ["--perms", "0444", "--file", str(read_fd), PROGRAM_PATH, "--remount-ro", "/", "--chdir", "/tmp"]
-        python = interpreter()
-        argv += ["--", python, "-I", "-S", "-c", _LAUNCHER, str(uid), str(math.ceil(limits.cpu_s)),
-                 str(limits.memory_mb * 2**20), str(limits.max_processes), str(limits.file_size_mb * 2**20),
-                 str(limits.open_files), PROGRAM_PATH]
+        argv += ["--info-fd", str(info_w), "--perms", "0444", "--file", str(program_r), PROGRAM_PATH,
+                 "--remount-ro", "/", "--chdir", "/tmp", "--", interpreter(), "-I", "-S", "-c", _LAUNCHER,
+                 str(uid), str(math.ceil(limits.cpu_s)), str(limits.memory_mb * 2**20),
+                 str(limits.max_processes), str(limits.file_size_mb * 2**20), str(limits.open_files), PROGRAM_PATH]
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             start = time.monotonic()
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env={},
-                                    pass_fds=(read_fd,), start_new_session=True)
-            os.close(read_fd)
-            read_fd = -1
+                                    pass_fds=(program_r, info_w), start_new_session=True)
+            for fd in (program_r, info_w):
+                os.close(fd)
+            program_r = info_w = -1
             try:
-                _write_all(write_fd, source.encode("utf-8"))
+                _write_all(program_w, source.encode("utf-8"))
             except BrokenPipeError:
                 pass  # bwrap failed before reading the program; its stderr says why
-            os.close(write_fd)
-            write_fd = -1
-            timed_out = not _wait(proc, limits.wall_s - (time.monotonic() - start))
-            if timed_out:
-                _kill_group(proc)
+            os.close(program_w)
+            program_w = -1
+            init = _open_namespace_init(_read_all(info_r))
+            try:
+                watched = init if init is not None else os.pidfd_open(proc.pid)
+                timed_out = not _wait_readable(watched, limits.wall_s - (time.monotonic() - start))
+                if timed_out:
+                    _kill_group(proc)
+                    if init is not None and not _wait_readable(init, 30.0):
+                        log.error("sandbox pid namespace of bwrap %d still alive 30 s after SIGKILL", proc.pid)
+            finally:
+                if init is not None:
+                    os.close(init)
+                if init is None:
+                    os.close(watched)
             proc.wait()
             wall = time.monotonic() - start
             return ExecResult(returncode=None if timed_out else proc.returncode, timed_out=timed_out,
                               stdout=_head(out), stderr=_head(err), wall_s=wall)
     finally:
-        for fd in (read_fd, write_fd):
+        for fd in (program_r, program_w, info_r, info_w):
             if fd >= 0:
                 os.close(fd)
+
+
+def _open_namespace_init(info: bytes) -> int | None:
+    """A pidfd on the sandbox's pid-1 reaper, from bwrap's --info-fd JSON; None if bwrap failed early.
+
+    The namespace inode is checked after opening, so a recycled pid is never mistaken for it.
+    """
+    if not info.strip():
+        return None
+    fields = json.loads(info)
+    try:
+        pidfd = os.pidfd_open(int(fields["child-pid"]))
+    except ProcessLookupError:
+        return None  # already gone, and with it the whole namespace
+    try:
+        same = os.stat(f"/proc/{fields['child-pid']}/ns/pid").st_ino == fields["pid-namespace"]
+    except OSError:
+        same = False
+    if not same:
+        os.close(pidfd)
+        return None
+    return pidfd
 
 
 def run_many(sources: Sequence[str], limits: Limits | None = None, *, workers: int = 1,
@@ -228,15 +266,18 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _wait(proc: subprocess.Popen, timeout: float) -> bool:
-    """Wait until `proc` exits (True) or `timeout` seconds pass (False); the child is not reaped."""
-    pidfd = os.pidfd_open(proc.pid)
-    try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        return bool(poller.poll(max(0.0, timeout) * 1000))
-    finally:
-        os.close(pidfd)
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _wait_readable(pidfd: int, timeout: float) -> bool:
+    """Wait until the process behind `pidfd` exits (True) or `timeout` seconds pass (False)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout) * 1000))
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
