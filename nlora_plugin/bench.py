@@ -91,11 +91,15 @@ BASELINE = "lora"
 DEFAULT_METHODS = tuple(name for name in METHODS if name != "nlora_pivoted_optimal")
 
 
+class InvalidBenchmarkArgument(ValueError):
+    """A benchmark argument that cannot work (raised before any weight is built)."""
+
+
 def parse_shape(text: str) -> tuple[int, int]:
     """'11008x4096' -> (11008, 4096): out_features x in_features of one nn.Linear."""
     parts = text.lower().replace("×", "x").split("x")
     if len(parts) != 2 or not all(part.strip().isdigit() and int(part) > 0 for part in parts):
-        raise ValueError(
+        raise InvalidBenchmarkArgument(
             f"shape {text!r} is invalid: write OUTxIN with two positive integers, e.g. 11008x4096"
         )
     return int(parts[0]), int(parts[1])
@@ -246,12 +250,16 @@ def run_init_benchmark(
     """
     unknown = [name for name in methods if name not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        raise InvalidBenchmarkArgument(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     if blocks < 1 or r < 1 or repeats < 1:
-        raise ValueError(f"blocks={blocks}, r={r}, repeats={repeats}: each must be a positive integer")
+        raise InvalidBenchmarkArgument(
+            f"blocks={blocks}, r={r}, repeats={repeats}: each must be a positive integer"
+        )
     smallest = min(min(out, fan_in) for _, out, fan_in in block)
     if r > smallest:
-        raise ValueError(f"r={r} is larger than the smallest layer dimension {smallest}; use r <= {smallest}")
+        raise InvalidBenchmarkArgument(
+            f"--r {r} is larger than the smallest layer dimension {smallest}; use r <= {smallest}"
+        )
     progress(f"building {blocks} block(s) x {len(block)} layers (float32)")
     stack = LinearStack(block, blocks)
     stack.fill(seed)

@@ -69,6 +69,12 @@ def check_model_dir(path: Path, argument: str) -> Path:
             f"{argument} {path}: no config.json in this folder; pass a folder written by "
             "model.save_pretrained(...) (a local path: hub names are not downloaded)"
         )
+    try:
+        json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as error:
+        raise CliError(
+            f"{argument} {path / 'config.json'}: not valid JSON ({error}); re-save the model"
+        ) from error
     return path
 
 
@@ -114,20 +120,27 @@ def check_output_dir(output: Path, overwrite: bool, inputs: Sequence[Path]) -> P
 # ---------------------------------------------------------------- model loading
 
 
-def _auto_class(task_type: str | None):
+def model_class(base: Path, task_type: str | None):
+    """The transformers class to load the base with: the adapter's task_type decides the head; without one
+    (an adapter saved with no task_type), the base checkpoint's own ``architectures`` entry."""
     import transformers
 
-    return getattr(transformers, AUTO_CLASS_FOR_TASK.get(task_type or "", "AutoModel"))
+    if task_type in AUTO_CLASS_FOR_TASK:
+        return getattr(transformers, AUTO_CLASS_FOR_TASK[task_type])
+    architectures = json.loads((base / "config.json").read_text()).get("architectures") or []
+    if architectures and hasattr(transformers, architectures[0]):
+        return getattr(transformers, architectures[0])
+    return transformers.AutoModel
 
 
 def load_base(base: Path, task_type: str | None, dtype: str) -> torch.nn.Module:
-    """The base model with the head the adapter was trained with (from the adapter's task_type)."""
+    """The base model with the head the adapter was trained with."""
     import torch
 
-    auto_class = _auto_class(task_type)
-    logger.info("loading base model %s as %s (dtype %s)", base, auto_class.__name__, dtype)
+    cls = model_class(base, task_type)
+    logger.info("loading base model %s as %s (dtype %s)", base, cls.__name__, dtype)
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    return auto_class.from_pretrained(str(base), dtype=torch_dtype).eval()
+    return cls.from_pretrained(str(base), dtype=torch_dtype).eval()
 
 
 def load_adapter(base_model: torch.nn.Module, adapter: Path) -> PeftModel:
@@ -164,16 +177,19 @@ def cmd_init_bench(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     block = bench.block_from_shapes(args.shape) if args.shape else bench.LLAMA2_7B_BLOCK
-    result = bench.run_init_benchmark(
-        block=block,
-        blocks=args.blocks,
-        r=args.r,
-        methods=args.methods,
-        repeats=args.repeats,
-        budget_s=args.budget,
-        full_svd=args.full_svd,
-        seed=args.seed,
-    )
+    try:
+        result = bench.run_init_benchmark(
+            block=block,
+            blocks=args.blocks,
+            r=args.r,
+            methods=args.methods,
+            repeats=args.repeats,
+            budget_s=args.budget,
+            full_svd=args.full_svd,
+            seed=args.seed,
+        )
+    except bench.InvalidBenchmarkArgument as error:
+        raise CliError(str(error)) from error
     print(bench.format_init_table(result))
     for line in bench.goal_report(result):
         print(line)
