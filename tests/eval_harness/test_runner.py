@@ -1,0 +1,110 @@
+"""Resuming: a run killed mid-benchmark continues where it stopped, recomputing and losing nothing."""
+
+from __future__ import annotations
+
+import pytest
+from lm_eval.models.huggingface import HFLM
+
+from eval_harness.config import load_config
+from eval_harness.errors import ConfigError
+from eval_harness.results import ItemLog, read_json
+from eval_harness.runner import format_table, run_config
+from tests.eval_harness.conftest import tiny_config, write_yaml
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.fixture
+def generate_calls(monkeypatch):
+    """Counts the prompts HFLM sends to model.generate; `crash_after` batches, it raises (a killed run)."""
+    state = {"prompts": 0, "batches": 0, "crash_after": None}
+    original = HFLM._model_generate
+
+    def counting(self, context, *args, **kwargs):
+        if state["crash_after"] is not None and state["batches"] >= state["crash_after"]:
+            raise Crash("killed")
+        state["batches"] += 1
+        state["prompts"] += context.shape[0]
+        return original(self, context, *args, **kwargs)
+
+    monkeypatch.setattr(HFLM, "_model_generate", counting)
+    return state
+
+
+def _forbid_model_loading(monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+def test_killed_run_resumes_without_recomputing(eval_dir, generate_calls, monkeypatch):
+    config = load_config(write_yaml(eval_dir, tiny_config(
+        models=[{"label": "lora", "adapter": "lora"}],
+        generation={"batch_size": 2, "max_new_tokens": 6},
+        benchmarks={"gsm8k": {"data": "gsm8k.jsonl", "limit": 7}},
+    )))
+    out = eval_dir / "run"
+    generate_calls["crash_after"] = 2  # 2 batches of 2 finish, then the process "dies"
+    with pytest.raises(Crash):
+        run_config(config, out, command=["test"])
+    assert generate_calls["prompts"] == 4
+    assert not (out / "lora" / "gsm8k" / "summary.json").exists()
+
+    generate_calls.update(prompts=0, batches=0, crash_after=None)
+    run_config(config, out, command=["test"])
+    assert generate_calls["prompts"] == 3  # only the 3 unfinished items were generated
+    items = ItemLog(out / "lora" / "gsm8k" / "items.jsonl").records()
+    assert sorted(item["id"] for item in items) == [str(i) for i in range(7)]
+
+    # A crash after the generations but while items.jsonl was written: the cache fills in the rest.
+    path = out / "lora" / "gsm8k" / "items.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2]) + lines[2][:15])  # two records and a torn third
+    (out / "lora" / "gsm8k" / "summary.json").unlink()
+    generate_calls.update(prompts=0, batches=0)
+    summaries = run_config(config, out, command=["test"])
+    assert generate_calls["prompts"] == 0
+    rebuilt = ItemLog(path).records()
+    assert [item["id"] for item in rebuilt] == [item["id"] for item in items[:2]] + [
+        item["id"] for item in items[2:]
+    ]
+    assert {item["id"]: item["response"] for item in rebuilt} == {item["id"]: item["response"] for item in items}
+    assert summaries[0]["n_items"] == 7
+
+    # Everything finished: a rerun loads no model at all.
+    _forbid_model_loading(monkeypatch)
+    again = run_config(config, out, command=["test"])
+    assert again == [read_json(out / "lora" / "gsm8k" / "summary.json")]
+
+
+def test_resume_with_a_different_config_is_refused(eval_dir):
+    out = eval_dir / "run"
+    (out / "lora").mkdir(parents=True)
+    config = load_config(write_yaml(eval_dir, tiny_config(models=[{"label": "lora", "adapter": "lora"}])))
+    from eval_harness.runner import start_run_dir
+
+    start_run_dir(config, out, command=["first"])
+    start_run_dir(config, out, command=["second"])  # same config: resumes
+    assert read_json(out / "run.json")["command"] == ["first"]
+    changed = load_config(write_yaml(eval_dir, tiny_config(
+        models=[{"label": "lora", "adapter": "nlora"}], generation={"batch_size": 4, "max_new_tokens": 7}
+    )))
+    with pytest.raises(ConfigError, match="fields that differ: generation, models"):
+        start_run_dir(changed, out, command=["third"])
+
+
+def test_format_table():
+    summaries = [
+        {"label": "lora", "benchmark": "gsm8k", "primary_metric": "exact_match", "metrics": {"exact_match": 0.5}},
+        {"label": "nlora", "benchmark": "math", "primary_metric": "exact_match", "metrics": {"exact_match": 0.25}},
+    ]
+    assert format_table(summaries).splitlines() == [
+        "label  gsm8k   math  ",
+        "lora   0.5000  -     ",
+        "nlora  -       0.2500",
+    ]
