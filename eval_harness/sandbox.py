@@ -45,7 +45,8 @@ PROGRAM_PATH = "/tmp/program.py"
 # uids the root path drops to: far above any real account, a fresh one per program so that
 # RLIMIT_NPROC (counted per uid) is never shared between two sandboxes.
 UID_RANGE = (1_000_000, 2_000_000_000)
-OUTPUT_KEEP_BYTES = 64 * 1024
+OUTPUT_HEAD_BYTES = 48 * 1024
+OUTPUT_TAIL_BYTES = 16 * 1024
 
 # Runs inside the sandbox (as pid 2, under bwrap's pid-1 reaper) before the program: limits, then
 # the uid drop (root path only), then exec of a fresh interpreter on the program file.
@@ -92,7 +93,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class ExecResult:
-    """What one sandboxed program did. `stdout`/`stderr` keep at most the first 64 KiB each."""
+    """What one sandboxed program did. Longer than 64 KiB, `stdout`/`stderr` keep their first 48 KiB
+    and last 16 KiB around a "[... N bytes cut ...]" line."""
 
     returncode: int | None
     timed_out: bool
@@ -205,7 +207,7 @@ def run_python(source: str, limits: Limits | None = None) -> ExecResult:
             proc.wait()
             wall = time.monotonic() - start
             return ExecResult(returncode=None if timed_out else proc.returncode, timed_out=timed_out,
-                              stdout=_head(out), stderr=_head(err), wall_s=wall)
+                              stdout=_capped(out), stderr=_capped(err), wall_s=wall)
     finally:
         for fd in (program_r, program_w, info_r, info_w):
             if fd >= 0:
@@ -292,6 +294,15 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def _head(handle) -> str:
+def _capped(handle) -> str:
+    """The output file's text; a long one keeps its head and its tail (where a final status line is)."""
+    size = handle.seek(0, os.SEEK_END)
     handle.seek(0)
-    return handle.read(OUTPUT_KEEP_BYTES).decode("utf-8", errors="replace")
+    if size <= OUTPUT_HEAD_BYTES + OUTPUT_TAIL_BYTES:
+        data = handle.read()
+    else:
+        head = handle.read(OUTPUT_HEAD_BYTES)
+        handle.seek(size - OUTPUT_TAIL_BYTES)
+        cut = size - OUTPUT_HEAD_BYTES - OUTPUT_TAIL_BYTES
+        data = head + f"\n[... {cut} bytes cut ...]\n".encode() + handle.read()
+    return data.decode("utf-8", errors="replace")

