@@ -79,6 +79,7 @@ class EvalConfig:
     dtype: str = "auto"
     device: str = "auto"
     report_baseline: str | None = None
+    notes: str | None = None
     raw: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -95,6 +96,7 @@ class EvalConfig:
                     for key, value in self.benchmarks.items()
                 },
                 "report": {"baseline": self.report_baseline},
+                "notes": self.notes,
             }
         )
 
@@ -186,7 +188,7 @@ def _join(where: str, name: str) -> str:
 
 # --------------------------------------------------------------------------- the whole file
 
-TOP_FIELDS = ("base_model", "dtype", "device", "models", "generation", "benchmarks", "report")
+TOP_FIELDS = ("base_model", "dtype", "device", "models", "generation", "benchmarks", "report", "notes")
 MODEL_FIELDS = ("label", "method", "adapter", "seed")
 GENERATION_FIELDS = ("batch_size", "max_new_tokens", "temperature", "top_p", "seed")
 
@@ -217,6 +219,9 @@ def parse_config(data: Any, *, base_dir: Path) -> EvalConfig:
     benchmarks = _parse_benchmarks(top["benchmarks"], base_dir=base_dir)
     report = check_fields(top.get("report"), where="report", allowed=("baseline",))
     baseline = report.get("baseline")
+    notes = top.get("notes")
+    if notes is not None and not isinstance(notes, str):
+        raise ConfigError(f"notes: expected free text (a string), got {notes!r}")
     methods = {entry.method for entry in models}
     if baseline is not None and baseline not in methods:
         raise ConfigError(
@@ -230,6 +235,7 @@ def parse_config(data: Any, *, base_dir: Path) -> EvalConfig:
         dtype=get_choice(top, "dtype", where="", choices=DTYPES, default="auto"),
         device=_parse_device(top.get("device", "auto")),
         report_baseline=baseline,
+        notes=notes,
         raw=dict(top),
     )
 

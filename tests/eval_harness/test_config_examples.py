@@ -1,0 +1,67 @@
+"""The eval YAMLs in example_configs/eval/ validate (paper configs on stub folders) and the tiny one runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eval_harness.cli import main
+from eval_harness.config import load_config
+from eval_harness.results import read_json
+from tests.eval_harness.conftest import FIXTURES, REPO
+
+EXAMPLES = REPO / "example_configs" / "eval"
+STUB_ADAPTER_CONFIGS = {
+    "LoRA": {"peft_type": "LORA", "init_lora_weights": True},
+    "PiSSA": {"peft_type": "LORA", "init_lora_weights": "pissa_niter_4"},
+    "SLoRA": {"peft_type": "NLORA", "init_method": "slora"},
+    "NLoRA": {"peft_type": "NLORA", "init_method": "nlora"},
+    "IntTune": {"peft_type": "NLORA", "init_method": "nlora", "train_only_intermediate": True},
+}
+
+
+def _copy_example(name: str, root: Path) -> Path:
+    """The example at the same depth under `root`, so its relative paths land inside `root`."""
+    target = root / "example_configs" / "eval" / name
+    target.parent.mkdir(parents=True)
+    shutil.copy(EXAMPLES / name, target)
+    return target
+
+
+@pytest.mark.parametrize("name", ["paper_llama2_7b.yaml"])
+def test_paper_config_validates_on_stub_folders(tmp_path, name):
+    path = _copy_example(name, tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    here = path.parent
+    (here / raw["base_model"]).mkdir(parents=True)
+    (here / raw["base_model"] / "config.json").write_text("{}")
+    for entry in raw["models"]:
+        adapter = here / entry["adapter"]
+        adapter.mkdir(parents=True)
+        (adapter / "adapter_config.json").write_text(json.dumps(STUB_ADAPTER_CONFIGS[entry["method"]]))
+        (adapter / "adapter_model.safetensors").write_bytes(b"")
+    math = here / raw["benchmarks"]["math"]["data"]
+    math.parent.mkdir(parents=True)
+    shutil.copy(FIXTURES / "math" / "test.jsonl", math)
+    config = load_config(path)
+    assert [entry.method for entry in config.models] == ["LoRA", "PiSSA", "SLoRA", "NLoRA", "IntTune"]
+    assert config.report_baseline == "LoRA" and config.dtype == "bfloat16"
+    assert {settings.prompt for settings in config.benchmarks.values()} == {"metamath"}
+
+
+def test_tiny_config_runs(tmp_path, tiny_root):
+    path = _copy_example("tiny.yaml", tmp_path)
+    nlg = tmp_path / "runs" / "demo" / "nlg"
+    nlg.mkdir(parents=True)
+    (nlg / "tiny-llama").symlink_to(tiny_root / "base")
+    (nlg / "adapter-nlora").symlink_to(tiny_root / "nlora")
+    (tmp_path / "tests" / "fixtures").mkdir(parents=True)
+    (tmp_path / "tests" / "fixtures" / "math").symlink_to(FIXTURES / "math")
+    assert main(["run", str(path), "--output", str(tmp_path / "run")]) == 0
+    for label, method in [("base", "base"), ("nlora", "NLoRA")]:
+        assert read_json(tmp_path / "run" / label / "gsm8k" / "summary.json")["n_items"] == 8
+        assert read_json(tmp_path / "run" / label / "math" / "summary.json")["method"] == method
