@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -109,19 +109,23 @@ class ExecResult:
 
 @lru_cache(maxsize=1)
 def bwrap_path() -> str:
-    """The bwrap binary, checked once by running a trivial sandbox; SandboxUnavailable otherwise."""
+    """The bwrap binary, checked once by running a probe program in a sandbox; SandboxUnavailable otherwise.
+
+    The probe runs Python exactly as every program will, so a sandbox that cannot start the
+    interpreter fails loudly here instead of scoring every sample as failed.
+    """
     path = shutil.which("bwrap")
     if path is None:
         raise SandboxUnavailable(f"bubblewrap (`bwrap`) is not on PATH; generated code only runs in a "
                                  f"sandbox: {INSTALL_HINT}.")
-    probe = subprocess.run(_bwrap_argv(path, Limits(), unprivileged=os.geteuid() != 0) + ["true"],
-                           capture_output=True, text=True, env={}, timeout=60, check=False)
-    if probe.returncode != 0:
+    probe = _execute(path, "print('sandbox ok')", Limits(wall_s=60.0))
+    if not probe.exited_cleanly or probe.stdout != "sandbox ok\n":
         raise SandboxUnavailable(
-            f"bubblewrap at {path} cannot create the sandbox's namespaces (exit {probe.returncode}: "
-            f"{probe.stderr.strip()}). Needs a kernel with user/pid/net namespaces (inside a container: "
-            f"run it with --privileged or a seccomp profile that allows unshare/mount; as non-root: "
-            f"sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces>0).")
+            f"bubblewrap at {path} could not run a probe program (exit {probe.returncode}, stderr: "
+            f"{probe.stderr.strip()[-2000:]!r}). It needs a kernel with pid/net/mount namespaces (in a "
+            f"container: run it with --privileged or a seccomp profile that allows unshare and mount; as "
+            f"non-root also user namespaces: sysctl kernel.unprivileged_userns_clone=1, "
+            f"user.max_user_namespaces > 0) and a Python whose install it can bind read-only.")
     return path
 
 
@@ -166,52 +170,54 @@ def run_python(source: str, limits: Limits | None = None) -> ExecResult:
     Returns only once every process of the sandbox is gone: it waits for the pid namespace's
     init (whose exit makes the kernel kill and reap all the others), not just for bwrap.
     """
-    limits = limits or Limits()
-    bwrap = bwrap_path()
+    return _execute(bwrap_path(), source, limits or Limits())
+
+
+def _execute(bwrap: str, source: str, limits: Limits) -> ExecResult:
     unprivileged = os.geteuid() != 0
     uid = -1 if unprivileged else secrets.randbelow(UID_RANGE[1] - UID_RANGE[0]) + UID_RANGE[0]
     program_r, program_w = os.pipe()
     info_r, info_w = os.pipe()
-    try:
-        argv = _bwrap_argv(bwrap, limits, unprivileged=unprivileged)
-        argv += ["--info-fd", str(info_w), "--perms", "0444", "--file", str(program_r), PROGRAM_PATH,
-                 "--remount-ro", "/", "--chdir", "/tmp", "--", interpreter(), "-I", "-S", "-c", _LAUNCHER,
-                 str(uid), str(math.ceil(limits.cpu_s)), str(limits.memory_mb * 2**20),
-                 str(limits.max_processes), str(limits.file_size_mb * 2**20), str(limits.open_files), PROGRAM_PATH]
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            start = time.monotonic()
+    argv = _bwrap_argv(bwrap, limits, unprivileged=unprivileged)
+    argv += ["--info-fd", str(info_w), "--perms", "0444", "--file", str(program_r), PROGRAM_PATH,
+             "--remount-ro", "/", "--chdir", "/tmp", "--", interpreter(), "-I", "-S", "-c", _LAUNCHER,
+             str(uid), str(math.ceil(limits.cpu_s)), str(limits.memory_mb * 2**20), str(limits.max_processes),
+             str(limits.file_size_mb * 2**20), str(limits.open_files), PROGRAM_PATH]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.monotonic()
+        try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env={},
                                     pass_fds=(program_r, info_w), start_new_session=True)
-            for fd in (program_r, info_w):
-                os.close(fd)
-            program_r = info_w = -1
+        finally:
+            os.close(program_r)
+            os.close(info_w)
+        try:
             try:
                 _write_all(program_w, source.encode("utf-8"))
             except BrokenPipeError:
                 pass  # bwrap failed before reading the program; its stderr says why
-            os.close(program_w)
-            program_w = -1
-            init = _open_namespace_init(_read_all(info_r))
+            finally:
+                os.close(program_w)
             try:
-                watched = init if init is not None else os.pidfd_open(proc.pid)
+                init = _open_namespace_init(_read_all(info_r))
+            finally:
+                os.close(info_r)
+            watched = init if init is not None else os.pidfd_open(proc.pid)
+            try:
                 timed_out = not _wait_readable(watched, limits.wall_s - (time.monotonic() - start))
                 if timed_out:
                     _kill_group(proc)
-                    if init is not None and not _wait_readable(init, 30.0):
-                        log.error("sandbox pid namespace of bwrap %d still alive 30 s after SIGKILL", proc.pid)
+                    if not _wait_readable(watched, 30.0):
+                        log.error("sandbox of bwrap pid %d still alive 30 s after SIGKILL", proc.pid)
             finally:
-                if init is not None:
-                    os.close(init)
-                if init is None:
-                    os.close(watched)
+                os.close(watched)
+        except BaseException:
+            _kill_group(proc)  # interrupted (Ctrl-C, an error): never leave a sandbox running
             proc.wait()
-            wall = time.monotonic() - start
-            return ExecResult(returncode=None if timed_out else proc.returncode, timed_out=timed_out,
-                              stdout=_capped(out), stderr=_capped(err), wall_s=wall)
-    finally:
-        for fd in (program_r, program_w, info_r, info_w):
-            if fd >= 0:
-                os.close(fd)
+            raise
+        proc.wait()
+        return ExecResult(returncode=None if timed_out else proc.returncode, timed_out=timed_out,
+                          stdout=_capped(out), stderr=_capped(err), wall_s=time.monotonic() - start)
 
 
 def _open_namespace_init(info: bytes) -> int | None:
@@ -250,8 +256,6 @@ def run_many(sources: Sequence[str], limits: Limits | None = None, *, workers: i
     results: list[ExecResult | None] = [None] * len(sources)
     with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=len(sources), desc=desc) as bar:
         futures = {pool.submit(run_python, source, limits): i for i, source in enumerate(sources)}
-        from concurrent.futures import as_completed
-
         for future in as_completed(futures):
             index = futures[future]
             results[index] = future.result()

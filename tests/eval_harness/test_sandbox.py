@@ -279,12 +279,21 @@ def test_network_is_unreachable_and_host_listeners_see_nothing() -> None:
         abstract.close()
 
 
-def test_secret_in_harness_environment_is_not_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secrets_in_harness_environment_and_files_are_not_visible(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
     secret = f"s3cret-{time.monotonic_ns()}"
     monkeypatch.setenv("NLORA_SANDBOX_TEST_SECRET", secret)
+    secret_file = tmp_path / "credentials.txt"
+    secret_file.write_text(secret)
+    secret_file.chmod(0o644)
     result = _run(f"""
         import os
         print(dict(os.environ))
+        for path in ({str(secret_file)!r}, "/etc/passwd", {str(REPO / "pyproject.toml")!r}):
+            try:
+                print(open(path).read())
+            except OSError as error:
+                print("unreadable", path, error.errno)
         for path in ("/proc/self/environ", "/proc/1/environ", "/proc/{os.getpid()}/environ",
                      "/proc/{os.getppid()}/environ"):
             try:
@@ -296,6 +305,7 @@ def test_secret_in_harness_environment_is_not_visible(monkeypatch: pytest.Monkey
     assert secret not in result.stdout and secret not in result.stderr
     assert "NLORA_SANDBOX_TEST_SECRET" not in result.stdout
     assert result.stdout.count("refused /proc/") == 4  # no /proc inside at all
+    assert result.stdout.count("unreadable /") == 3  # no /etc, /tmp of the host or project files either
 
 
 def test_program_cannot_kill_the_harness_or_its_neighbours() -> None:
@@ -344,6 +354,17 @@ def test_missing_bwrap_fails_with_an_install_hint(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
     try:
         with pytest.raises(SandboxUnavailable, match="apt-get install -y bubblewrap"):
+            run_python("print(1)")
+    finally:
+        sandbox.bwrap_path.cache_clear()
+
+
+def test_a_sandbox_that_cannot_start_python_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Otherwise every sample would just "fail" and a benchmark would silently score 0."""
+    sandbox.bwrap_path.cache_clear()
+    monkeypatch.setattr(sandbox, "interpreter", lambda: "/nonexistent/python3")
+    try:
+        with pytest.raises(SandboxUnavailable, match="could not run a probe program"):
             run_python("print(1)")
     finally:
         sandbox.bwrap_path.cache_clear()
