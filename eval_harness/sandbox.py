@@ -77,8 +77,8 @@ class Limits:
 
     wall_s: float = 3.0
     cpu_s: float = 10.0
-    memory_mb: int = 1024
-    max_processes: int = 16
+    memory_mb: int = 512
+    max_processes: int = 8
     file_size_mb: int = 16
     open_files: int = 64
     tmp_size_mb: int = 64
