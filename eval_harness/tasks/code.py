@@ -229,7 +229,7 @@ def _read_jsonl(path: Path, *, where: str) -> list[tuple[int, dict]]:
                 raise ConfigError(f"{where}: {path} line {number} is not a JSON object")
             rows.append((number, row))
     if not rows:
-        raise ConfigError(f"{where}: {path} holds no problems")
+        raise ConfigError(f"{where}: {path} holds no records")
     return rows
 
 
@@ -372,7 +372,12 @@ def score_samples(benchmark: str, samples_path: Path, *, problems_path: Path | N
         raise ConfigError(f"--benchmark: expected one of {', '.join(BENCHMARKS)}, got {benchmark!r}")
     if benchmark == "mbpp" and problems_path is None:
         raise ConfigError("--problems: MBPP needs its problems file (the standard mbpp.jsonl)")
-    workers = workers or available_cores()
+    if workers is None:
+        workers = available_cores()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"--workers: expected an integer >= 1 (programs run at once), got {workers!r}")
+    if not k or any(isinstance(kk, bool) or not isinstance(kk, int) or kk < 1 for kk in k):
+        raise ConfigError(f"--k: expected integers >= 1 such as 1 10 100, got {list(k)!r}")
     if problems_path is not None and not Path(problems_path).is_file():
         raise ConfigError(f"--problems: {problems_path} is not a file")
     if benchmark == "humaneval":

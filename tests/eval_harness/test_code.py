@@ -142,6 +142,10 @@ def test_score_samples_mbpp_with_several_samples_per_task(tmp_path: Path) -> Non
     assert statuses[:4] == ["passed", "passed", "failed (exit 1)", "timed out"]
     with pytest.raises(ConfigError, match="--problems"):
         score_samples("mbpp", path)
+    with pytest.raises(ConfigError, match="--workers"):
+        score_samples("mbpp", path, problems_path=MBPP_FILE, workers=0)
+    with pytest.raises(ConfigError, match="--k"):
+        score_samples("mbpp", path, problems_path=MBPP_FILE, k=[0])
     bad = _write_jsonl(tmp_path / "bad.jsonl", [{"task_id": 999, "completion": ""}])
     with pytest.raises(ConfigError, match="task_id 999"):
         score_samples("mbpp", bad, problems_path=MBPP_FILE)
