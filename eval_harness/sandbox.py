@@ -199,7 +199,7 @@ def _execute(bwrap: str, source: str, limits: Limits) -> ExecResult:
             finally:
                 os.close(program_w)
             try:
-                init = _open_namespace_init(_read_all(info_r))
+                init = _open_namespace_init(_read_until_eof(info_r, start + limits.wall_s))
             finally:
                 os.close(info_r)
             watched = init if init is not None else os.pidfd_open(proc.pid)
@@ -272,11 +272,17 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _read_all(fd: int) -> bytes:
+def _read_until_eof(fd: int, deadline: float) -> bytes:
+    """Read `fd` until its writer closes it, or until `deadline` (time.monotonic) with what came so far."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
     chunks = []
-    while chunk := os.read(fd, 65536):
+    while poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
         chunks.append(chunk)
-    return b"".join(chunks)
+    return b""  # bwrap never finished reporting in time: fall back to watching bwrap itself
 
 
 def _wait_readable(pidfd: int, timeout: float) -> bool:

@@ -135,7 +135,8 @@ def test_score_samples_mbpp_with_several_samples_per_task(tmp_path: Path) -> Non
                     {"task_id": row["task_id"], "completion": "def nothing():\n    pass\n"},
                     {"task_id": row["task_id"], "completion": "while True:\n    pass\n"}]
     path = _write_jsonl(tmp_path / "samples.jsonl", samples)
-    result = score_samples("mbpp", path, problems_path=MBPP_FILE, k=[1, 2, 10], timeout_s=1.0, workers=1)
+    result = score_samples("mbpp", path, problems_path=MBPP_FILE, k=[1, 2, 10], timeout_s=2.0,
+                           workers=code.available_cores())
     assert result["n_tasks"] == 4 and result["n_samples"] == 16 and result["passed"] == 8
     assert result["metrics"] == pytest.approx({"pass@1": 0.5, "pass@2": pass_at_k(4, 2, 2)})  # k=10 > 4 samples
     statuses = [json.loads(line)["result"] for line in Path(result["results"]).read_text().splitlines()]
@@ -189,7 +190,8 @@ def test_run_humaneval_resumes_and_scores_pass_at_k(tmp_path: Path) -> None:
     # Task i gets i % 4 correct samples out of 3 (capped at 3): c = 0, 1, 2, 3, 0, ...
     answers = {p.prompt: [p.reference if s < min(i % 4, 3) else "    return 'wrong'\n" for s in range(3)]
                for i, p in enumerate(problems)}
-    settings = CodeSettings(benchmark="humaneval", limit=20, n_samples=3, k=(1, 2, 3), workers=code.available_cores())
+    settings = CodeSettings(benchmark="humaneval", limit=20, n_samples=3, k=(1, 2, 3), timeout_s=10.0,
+                            workers=code.available_cores())
     crashing = FakeModel(ScriptedGenerator(answers, fail_on_call=2))
     with pytest.raises(KeyboardInterrupt):
         run(settings, model=crashing, out_dir=tmp_path)
@@ -217,7 +219,8 @@ def test_run_humaneval_resumes_and_scores_pass_at_k(tmp_path: Path) -> None:
 
 
 def test_run_mbpp_greedy_with_generation_defaults(tmp_path: Path) -> None:
-    settings = parse_section({"data": str(MBPP_FILE), "workers": 1}, where="benchmarks.mbpp", base_dir=tmp_path)
+    settings = parse_section({"data": str(MBPP_FILE), "workers": 1, "timeout_s": 10},
+                             where="benchmarks.mbpp", base_dir=tmp_path)
     problems = code.load_problems(settings)
     answers = {p.prompt: [p.reference + "\n"] for p in problems}
     answers[problems[1].prompt] = ["def fib(n):\n    return n\n"]  # wrong for fib(10)
