@@ -231,3 +231,28 @@ def test_run_mbpp_greedy_with_generation_defaults(tmp_path: Path) -> None:
     sampled = parse_section({"data": str(MBPP_FILE), "n_samples": 2}, where="benchmarks.mbpp", base_dir=tmp_path)
     with pytest.raises(ConfigError, match="benchmarks.mbpp.temperature"):
         run(sampled, model=model, out_dir=tmp_path / "other")
+
+
+# --------------------------------------------------------------------------- end to end with a real model
+
+
+@pytest.mark.slow
+def test_runner_scores_humaneval_and_mbpp_with_the_tiny_model(eval_dir: Path) -> None:
+    """Config -> tiny Llama with an adapter -> HF generation -> sandbox -> items.jsonl/summary.json."""
+    from eval_harness.config import load_config
+    from eval_harness.runner import run_config
+    from tests.eval_harness.conftest import tiny_config, write_yaml
+
+    config = tiny_config(models=[{"label": "lora", "adapter": "lora"}],
+                         benchmarks={"humaneval": {"limit": 2, "n_samples": 2, "temperature": 0.8, "k": [1, 2]},
+                                     "mbpp": {"data": str(MBPP_FILE), "limit": 2, "timeout_s": 10}})
+    run_dir = eval_dir / "run"
+    run_config(load_config(write_yaml(eval_dir, config)), run_dir, command=["test"])
+    for benchmark, n in (("humaneval", 2), ("mbpp", 1)):
+        summary = read_json(run_dir / "lora" / benchmark / "summary.json")
+        records = ItemLog(run_dir / "lora" / benchmark / "items.jsonl").records()
+        assert [r["n"] for r in records] == [n, n]
+        # A random 2-block model writes no working code: every sample fails, and says why.
+        assert summary["metrics"]["pass@1"] == 0.0 and summary["n_items"] == 2
+        assert all(not s["passed"] and s["status"] for r in records for s in r["samples"])
+    assert set(read_json(run_dir / "lora" / "humaneval" / "summary.json")["metrics"]) == {"pass@1", "pass@2"}

@@ -87,10 +87,9 @@ def test_cpu_limit_kills_a_busy_loop_before_a_long_wall_limit() -> None:
         signal.signal(signal.SIGXCPU, signal.SIG_IGN)   # ignoring the soft limit does not help
         while True:
             pass
-    """, wall_s=60.0, cpu_s=1)
-    assert not result.timed_out
-    assert result.returncode != 0
-    assert result.wall_s < 30.0
+    """, wall_s=120.0, cpu_s=1)
+    assert not result.timed_out  # stopped by the CPU limit, long before the wall limit
+    assert result.returncode == 128 + signal.SIGKILL  # the hard limit's SIGKILL, as bwrap reports it
 
 
 def test_children_that_escape_the_process_group_die_with_the_sandbox() -> None:
@@ -375,8 +374,8 @@ def test_bad_limits_are_rejected() -> None:
         Limits(wall_s=0)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
-                    reason="the unprivileged path is exercised by the other tests when not root")
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists() or not shutil.which("setpriv"),
+                    reason="needs root, /usr/bin/python3 and setpriv (as non-root the other tests cover this path)")
 def test_unprivileged_caller_path_holds_too() -> None:
     """As a non-root user bwrap adds a user namespace; limits must bind the same way.
 
