@@ -62,8 +62,8 @@ class CodeSettings:
     max_new_tokens: int | None = None
     k: tuple[int, ...] = (1,)
     timeout_s: float = 3.0
-    workers: int = 1
-    fewshot_ids: tuple[int, ...] = (2, 3, 4)  # MBPP only
+    workers: int | None = None  # None: every core available when the benchmark runs
+    fewshot_ids: tuple[int, ...] = ()  # MBPP only (the YAML's default is [2, 3, 4])
     split: str = "test"  # MBPP only: "test" (task ids 11-510) or "all" (every task but the few-shot ones)
 
 
@@ -104,13 +104,13 @@ def parse_section(section: Mapping[str, Any], *, where: str, base_dir: Path) -> 
                                                                  low=1e-6, high=1.0)
     ks = _parse_k(fields.get("k"), n_samples=n_samples, where=where)
     cores = available_cores()
-    workers = get_int(fields, "workers", where=where, default=cores, minimum=1)
-    if workers > cores:
+    workers = get_int(fields, "workers", where=where, default=None, minimum=1)
+    if workers is not None and workers > cores:
         raise ConfigError(f"{where}.workers: {workers} parallel programs but this machine gives the harness "
                           f"{cores} cores; set workers to at most {cores} (or leave it out)")
     timeout = get_float(fields, "timeout_s", where=where, default=3.0, low=0.1, high=3600.0)
     split = get_choice(fields, "split", where=where, choices=("test", "all"), default="test")
-    fewshot = fields.get("fewshot_ids", [2, 3, 4])
+    fewshot = fields.get("fewshot_ids", [2, 3, 4] if benchmark == "mbpp" else [])
     if not isinstance(fewshot, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in fewshot):
         raise ConfigError(f"{where}.fewshot_ids: expected a list of MBPP task ids such as [2, 3, 4], got {fewshot!r}")
     if benchmark == "humaneval":
@@ -337,7 +337,7 @@ def run(settings: CodeSettings, *, model: ModelHandle, out_dir: Path) -> dict[st
             raise RuntimeError(f"the generator returned {[len(c) for c in completions]} completions for "
                                f"{len(chunk)} prompts x {settings.n_samples} samples")
         execute(chunk_problems, completions, benchmark=settings.benchmark, limits=limits,
-                workers=settings.workers, desc=f"execute {settings.benchmark}",
+                workers=settings.workers or available_cores(), desc=f"execute {settings.benchmark}",
                 on_task=_appender(log, chunk_problems))
     records = {r["id"]: r for r in log.records()}
     counts = [(records[p.task_id]["n"], records[p.task_id]["c"]) for p in problems]

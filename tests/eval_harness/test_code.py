@@ -30,7 +30,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 def test_parse_defaults_and_fields(tmp_path: Path) -> None:
     humaneval = parse_section({}, where="benchmarks.humaneval", base_dir=tmp_path)
     assert humaneval.benchmark == "humaneval" and humaneval.data is None and humaneval.k == (1,)
-    assert humaneval.timeout_s == 3.0 and humaneval.workers == code.available_cores()
+    assert humaneval.timeout_s == 3.0 and humaneval.workers is None and humaneval.fewshot_ids == ()
     mbpp = parse_section({"data": str(MBPP_FILE), "n_samples": 20, "temperature": 0.8, "k": [10, 1], "limit": 2},
                          where="benchmarks.mbpp", base_dir=tmp_path)
     assert mbpp.k == (1, 10) and mbpp.data == MBPP_FILE and mbpp.fewshot_ids == (2, 3, 4)
