@@ -115,6 +115,12 @@ class ModelHandle:
         device = resolve_device(self.device)
         logger.info("loading %s%s on %s", self.base_model, f" + {self.adapter}" if self.adapter else "", device)
         model = AutoModelForCausalLM.from_pretrained(str(self.base_model), dtype=resolve_dtype(self.dtype))
+        rows = model.get_input_embeddings().weight.shape[0]
+        if len(self.tokenizer) > rows:
+            # Training added tokens (e.g. a pad token) and saved the tokenizer with the adapter.
+            logger.info("resizing the embeddings from %d to %d tokens (the adapter's tokenizer)", rows,
+                        len(self.tokenizer))
+            model.resize_token_embeddings(len(self.tokenizer))
         if self.adapter is not None:
             from peft import PeftModel
 

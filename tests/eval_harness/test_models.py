@@ -53,3 +53,21 @@ def test_handle_applies_the_adapter_lazily(tiny_root):
 def test_base_entry_has_no_trainable_params(tiny_root):
     handle = ModelHandle(label="base", method="base", seed=None, base_model=tiny_root / "base", adapter=None)
     assert handle.trainable_params is None
+
+
+def test_tokens_added_in_training_resize_the_base_before_the_adapter_loads(tiny_root, tmp_path):
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_root / "base"))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[NEW]"]})
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_root / "base"))
+    base.resize_token_embeddings(len(tokenizer))
+    trained = get_peft_model(base, LoraConfig(r=2, target_modules=TARGETS, modules_to_save=["embed_tokens"]))
+    trained.save_pretrained(tmp_path / "adapter")
+    tokenizer.save_pretrained(tmp_path / "adapter")
+    handle = ModelHandle(label="x", method="LoRA", seed=None, base_model=tiny_root / "base",
+                         adapter=tmp_path / "adapter", dtype="float32", device="cpu")
+    ids = torch.tensor([[101, len(tokenizer) - 1, 2003]])  # uses the new token
+    with torch.no_grad():
+        assert torch.equal(handle.model(input_ids=ids).logits, trained.eval()(input_ids=ids).logits)
