@@ -160,8 +160,9 @@ def _bwrap_argv(bwrap: str, limits: Limits, *, unprivileged: bool) -> list[str]:
 
 
 def interpreter() -> str:
-    """The base interpreter (not a venv shim): the sandbox sees its stdlib only, no site-packages."""
-    return os.path.realpath(sys.executable)
+    """The base interpreter (not a venv's copy or shim): the sandbox binds its install, stdlib only."""
+    base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return os.path.realpath(base if base.exists() else sys.executable)
 
 
 def run_python(source: str, limits: Limits | None = None) -> ExecResult:
