@@ -10,14 +10,20 @@ export DO_NOT_TRACK := 1
 export DS_BUILD_OPS := 0
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install test test-core-peft021 demo lint clean
+.PHONY: install system-deps test test-core-peft021 demo lint clean
 
 # The core must work on both PEFT 0.20 (Axolotl's pin, in .venv) and PEFT 0.21 (this second venv).
 VENV021  := .venv-peft021
 PY021    := $(VENV021)/bin/python
 STAMP021 := $(VENV021)/.installed
 
-install: $(STAMP)
+install: $(STAMP) system-deps
+
+# The code-execution sandbox (HumanEval/MBPP) runs every program under bubblewrap.
+system-deps:
+	@command -v bwrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap; \
+	  else echo "The code sandbox needs bubblewrap: run 'sudo apt-get install -y bubblewrap'" >&2; exit 1; fi; }
 
 # torch is installed first and pinned (a CPU wheel); every later step is held to constraints.txt,
 # so pip never backtracks and never swaps in a CUDA torch.
@@ -35,13 +41,13 @@ $(STAMP021): constraints-peft021.txt
 	$(PY021) -m pip install -q -r constraints-peft021.txt
 	touch $(STAMP021)
 
-test: $(STAMP) test-core-peft021
+test: $(STAMP) system-deps test-core-peft021
 	$(PY) -m pytest -q -rs
 
 test-core-peft021: $(STAMP021)
 	$(PY021) -m pytest -q -p no:cacheprovider tests/nlora_plugin --ignore=tests/nlora_plugin/axolotl
 
-demo: $(STAMP)
+demo: $(STAMP) system-deps
 	$(PY) -m eval_harness.demo
 
 lint: $(STAMP)
