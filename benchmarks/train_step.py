@@ -1,16 +1,19 @@
 """Training step time and peak memory of SLoRA, NLoRA and IntTune against PEFT LoRA at the same r.
 
-Each method trains the same small Llama (built in-process, seeded) on the same batch with AdamW, in a
-fresh subprocess so that its peak memory is its own. Methods are interleaved round by round (the order
-rotates each round) with the same torch thread count, and the table reports the median over rounds of
-each run's median step time after warm-up, with ratios to LoRA measured in the same run.
+Every method trains the same small Llama (built in-process, seeded) on the same batch with AdamW and
+the same torch thread count.
 
-Memory, per method: the training peak RSS above the RSS just before the first step (the kernel's
-high-water mark is reset there: activations, gradients and optimizer state), the process's peak RSS,
-and the exact bytes of trainable parameters + gradients + AdamW state.
+- Time: all methods live in one process and their steps are interleaved (one step of each method per
+  round, the order rotating), so load from other processes on a shared machine hits them alike. The
+  table reports each method's median step time after warm-up and the median of its per-round ratio to
+  LoRA's step in the same round.
+- Memory: each method runs a few steps in a fresh subprocess: the training peak RSS above the RSS just
+  before the first step (the kernel's high-water mark is reset there: activations, gradients and
+  optimizer state), the process's peak RSS, and the exact bytes of trainable parameters + gradients +
+  AdamW state.
 
     python -m benchmarks.train_step [--hidden 512] [--layers 4] [--r 16] [--batch 4] [--seq 128]
-                                    [--steps 8] [--warmup 2] [--rounds 2] [--threads 2]
+                                    [--steps 20] [--warmup 2] [--memory-steps 3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -29,8 +33,8 @@ BASELINE = "lora"
 GOALS = {"slora": 1.05, "nlora": 1.05, "inttune": 0.9}  # time ratio to LoRA the issue asks for
 
 
-def build_model(args: argparse.Namespace):
-    """A small Llama with random weights (std 0.02) and the adapter of `args.method` on all linear layers."""
+def build_model(args: argparse.Namespace, method: str):
+    """A small Llama with random weights (std 0.02) and the adapter of `method` on all linear layers."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -54,7 +58,7 @@ def build_model(args: argparse.Namespace):
         "slora": lambda: NLoraConfig(init_method="slora", **common),
         "nlora": lambda: NLoraConfig(**common),
         "inttune": lambda: NLoraConfig(train_only_intermediate=True, **common),
-    }[args.method]()
+    }[method]()
     return get_peft_model(model, adapter).train()
 
 
@@ -75,99 +79,128 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def worker(args: argparse.Namespace) -> None:
-    """Train `args.method` for warm-up + steps and print one JSON line of measurements."""
+def make_training(args: argparse.Namespace, method: str):
+    """(step function, model, optimizer) of `method`; the step returns the loss."""
     import torch
 
-    torch.set_num_threads(args.threads)
-    model = build_model(args)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr)
+    model = build_model(args, method)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     batch = torch.randint(0, args.vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(1))
-    rss_before = rss_kib("VmRSS")
-    peak_reset = reset_peak_rss()
-    step_times, losses = [], []
-    for step in range(args.warmup + args.steps):
-        start = time.perf_counter()
+
+    def step() -> float:
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step >= args.warmup:
-            step_times.append(time.perf_counter() - start)
-        losses.append(float(loss))
+        return float(loss.detach())
+
+    return step, model, optimizer
+
+
+def time_interleaved(args: argparse.Namespace) -> dict[str, dict]:
+    """Step times of every method, one step of each per round (rotating order), in this process."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    steps = {method: make_training(args, method)[0] for method in args.methods}
+    times: dict[str, list[float]] = {method: [] for method in args.methods}
+    losses: dict[str, list[float]] = {method: [] for method in args.methods}
+    for round_index in range(args.warmup + args.steps):
+        shift = round_index % len(args.methods)
+        for method in args.methods[shift:] + args.methods[:shift]:
+            start = time.perf_counter()
+            losses[method].append(steps[method]())
+            if round_index >= args.warmup:
+                times[method].append(time.perf_counter() - start)
+        print(f"step round {round_index + 1}/{args.warmup + args.steps}", file=sys.stderr, flush=True)
+    return {
+        method: {
+            "step_s": statistics.median(times[method]),
+            "ratio": statistics.median(
+                t / base for t, base in zip(times[method], times[BASELINE], strict=True)
+            ),
+            "first_loss": losses[method][0],
+            "last_loss": losses[method][-1],
+        }
+        for method in args.methods
+    }
+
+
+def memory_worker(args: argparse.Namespace) -> None:
+    """Train `args.worker` for --memory-steps steps and print one JSON line of memory measurements."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    step, model, optimizer = make_training(args, args.worker)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    rss_before = rss_kib("VmRSS")
+    peak_reset = reset_peak_rss()
+    for _ in range(args.memory_steps):
+        step()
     state_bytes = sum(
         t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if t.dim()
     )
     param_bytes = sum(p.numel() * p.element_size() for p in trainable)
-    print(
-        json.dumps(
-            {
-                "method": args.method,
-                "step_s": statistics.median(step_times),
-                "trainable": sum(p.numel() for p in trainable),
-                "adapter_state_bytes": 2 * param_bytes + state_bytes,  # params + grads + AdamW moments
-                "rss_before_kib": rss_before,
-                "peak_kib": rss_kib("VmHWM"),
-                "peak_is_training_only": peak_reset,
-                "first_loss": losses[0],
-                "last_loss": losses[-1],
-            }
-        )
-    )
+    result = {
+        "trainable": sum(p.numel() for p in trainable),
+        "adapter_state_bytes": 2 * param_bytes + state_bytes,  # params + grads + AdamW moments
+        "training_peak_kib": rss_kib("VmHWM") - rss_before if peak_reset else None,
+        "process_peak_kib": max(rss_kib("VmHWM"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
+    }
+    print(json.dumps(result))
 
 
-def run_worker(method: str, args: argparse.Namespace) -> dict:
+def run_memory_worker(method: str, args: argparse.Namespace) -> dict:
+    """The memory measurements of `method` from a fresh subprocess."""
     command = [sys.executable, "-m", "benchmarks.train_step", "--worker", method]
-    for name in ("hidden", "layers", "r", "batch", "seq", "vocab", "steps", "warmup", "threads", "lr"):
-        command += [f"--{name}", str(getattr(args, name))]
+    for name in ("hidden", "layers", "r", "batch", "seq", "vocab", "memory_steps", "threads", "lr"):
+        command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run(
-        command, check=False, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1]
-    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=root)
     if done.returncode != 0:
-        raise RuntimeError(f"{method} worker failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{method} memory run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def mib(kib: float) -> str:
-    return f"{kib / 1024:.0f}"
+def mib(kib: float | None) -> str:
+    return "n/a" if kib is None else f"{kib / 1024:.0f}"
 
 
-def report(runs: dict[str, list[dict]], args: argparse.Namespace) -> str:
-    """Markdown table of medians over rounds, ratios to LoRA, then the goal lines."""
-    step = {m: statistics.median(r["step_s"] for r in runs[m]) for m in runs}
-    training_peak = {m: statistics.median(r["peak_kib"] - r["rss_before_kib"] for r in runs[m]) for m in runs}
+def report(times: dict[str, dict], memory: dict[str, dict], args: argparse.Namespace) -> str:
+    """Markdown table with ratios to LoRA, then the goal lines."""
+    base_peak = memory[BASELINE]["training_peak_kib"]
     header = (
-        "| method | trainable | step s | x LoRA | training peak MiB | x LoRA | process peak MiB | adapter state MiB "
-        "| loss first -> last |"
+        "| method | trainable | step s | x LoRA | training peak MiB | x LoRA | process peak MiB "
+        "| params+grads+AdamW MiB | loss first -> last |"
     )
     lines = [header, "|---|---|---|---|---|---|---|---|---|"]
-    for method, method_runs in runs.items():
-        first = method_runs[0]
+    for method in args.methods:
+        t, m = times[method], memory[method]
+        peak = m["training_peak_kib"]
+        peak_ratio = "n/a" if peak is None or not base_peak else f"{peak / base_peak:.3f}"
         lines.append(
-            f"| {method} | {first['trainable']:,} | {step[method]:.3f} | {step[method] / step[BASELINE]:.3f} "
-            f"| {mib(training_peak[method])} | {training_peak[method] / training_peak[BASELINE]:.3f} "
-            f"| {mib(statistics.median(r['peak_kib'] for r in method_runs))} "
-            f"| {first['adapter_state_bytes'] / 2**20:.2f} | {first['first_loss']:.3f} -> {first['last_loss']:.3f} |"
+            f"| {method} | {m['trainable']:,} | {t['step_s']:.3f} | {t['ratio']:.3f} | {mib(peak)} | {peak_ratio} "
+            f"| {mib(m['process_peak_kib'])} | {m['adapter_state_bytes'] / 2**20:.2f} "
+            f"| {t['first_loss']:.3f} -> {t['last_loss']:.3f} |"
         )
     lines.append(
-        f"\nLlama hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, r = {args.r} on all linear layers, "
-        f"batch {args.batch} x seq {args.seq}, AdamW, float32, CPU, {args.threads} threads; median over "
-        f"{args.rounds} round(s) of the median of {args.steps} steps after {args.warmup} warm-up; each run a fresh "
-        "process. training peak = peak RSS during the steps - RSS before them."
+        f"\nLlama hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, r = {args.r} on all linear "
+        f"layers, batch {args.batch} x seq {args.seq}, AdamW, float32, CPU, {args.threads} threads. Time: median "
+        f"of {args.steps} interleaved steps after {args.warmup} warm-up (x LoRA: median of per-round ratios). "
+        f"Memory: fresh process per method, {args.memory_steps} steps; training peak = peak RSS during the steps "
+        "- RSS before them."
     )
     for method, goal in GOALS.items():
-        if method in step:
-            ratio = step[method] / step[BASELINE]
-            lines.append(
-                f"goal {method} step time <= {goal:.2f}x LoRA: {ratio:.3f} -> {'met' if ratio <= goal else 'MISSED'}"
-            )
-    if "inttune" in runs:
-        lower = training_peak["inttune"] < training_peak[BASELINE]
+        if method in times:
+            ratio = times[method]["ratio"]
+            verdict = "met" if ratio <= goal else "MISSED"
+            lines.append(f"goal {method} step time <= {goal:.2f}x LoRA: {ratio:.3f} -> {verdict}")
+    if "inttune" in memory and base_peak is not None:
+        peak = memory["inttune"]["training_peak_kib"]
+        verdict = "met" if peak < base_peak else "MISSED"
         lines.append(
-            f"goal inttune lower memory than LoRA: training peak {mib(training_peak['inttune'])} vs "
-            f"{mib(training_peak[BASELINE])} MiB -> {'met' if lower else 'MISSED'}"
+            f"goal inttune lower memory than LoRA: training peak {mib(peak)} vs {mib(base_peak)} MiB -> {verdict}"
         )
     return "\n".join(lines)
 
@@ -184,9 +217,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=4, help="sequences per step (default 4)")
     parser.add_argument("--seq", type=int, default=128, help="tokens per sequence (default 128)")
     parser.add_argument("--vocab", type=int, default=2048, help="vocabulary size (default 2048)")
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per run (default 8)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
-    parser.add_argument("--rounds", type=int, default=2, help="runs of every method, interleaved (default 2)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps of each method (default 20)")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed steps of each method first (default 2)"
+    )
+    parser.add_argument("--memory-steps", type=int, default=3, help="steps of each memory run (default 3)")
     parser.add_argument(
         "--threads", type=int, default=2, help="torch.set_num_threads in every run (default 2)"
     )
@@ -201,10 +236,12 @@ def parse_args() -> argparse.Namespace:
     if not 1 <= args.r <= args.hidden:
         parser.error(f"--r {args.r}: use 1 <= r <= hidden ({args.hidden})")
     if (
-        min(args.layers, args.batch, args.seq, args.vocab, args.steps, args.rounds, args.threads) < 1
+        min(args.layers, args.batch, args.seq, args.vocab, args.steps, args.memory_steps, args.threads) < 1
         or args.warmup < 0
     ):
-        parser.error("--layers, --batch, --seq, --vocab, --steps, --rounds and --threads must be positive")
+        parser.error(
+            "--layers, --batch, --seq, --vocab, --steps, --memory-steps and --threads must be positive"
+        )
     if BASELINE not in args.methods:
         args.methods.insert(0, BASELINE)  # every ratio needs the baseline of the same run
     return args
@@ -213,18 +250,14 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if args.worker:
-        args.method = args.worker
-        worker(args)
+        memory_worker(args)
         return
-    runs: dict[str, list[dict]] = {method: [] for method in args.methods}
-    for round_index in range(args.rounds):
-        order = (
-            args.methods[round_index % len(args.methods) :] + args.methods[: round_index % len(args.methods)]
-        )
-        for method in order:
-            print(f"round {round_index + 1}/{args.rounds}: {method}", file=sys.stderr, flush=True)
-            runs[method].append(run_worker(method, args))
-    print(report(runs, args))
+    memory = {}
+    for method in args.methods:
+        print(f"memory run: {method}", file=sys.stderr, flush=True)
+        memory[method] = run_memory_worker(method, args)
+    times = time_interleaved(args)
+    print(report(times, memory, args))
 
 
 if __name__ == "__main__":
