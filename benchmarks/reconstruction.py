@@ -121,7 +121,7 @@ def plot(results, ranks: list[int], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(WEIGHT_KINDS), figsize=(6 * len(WEIGHT_KINDS), 4.5), sharey=True)
+    figure, axes = plt.subplots(1, len(WEIGHT_KINDS), figsize=(5.5 * len(WEIGHT_KINDS) + 2, 4.5), sharey=True)
     for axis, kind in zip(axes, WEIGHT_KINDS, strict=True):
         for option in options():
             means = [statistics.mean(results[(kind, r, option)][0]) for r in ranks]
@@ -129,7 +129,7 @@ def plot(results, ranks: list[int], path: str) -> None:
             axis.plot(ranks, means, marker="o", label=option, **style)
         axis.set(title=f"all-MiniLM-L6-v2 {kind}", xlabel="rank r", yscale="log", xticks=ranks)
     axes[0].set_ylabel("‖W − B·N·A‖ / ‖W‖ (mean of 6 layers)")
-    axes[-1].legend(fontsize=8)
+    axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     print(f"plot written to {path}")

@@ -13,7 +13,7 @@ the same torch thread count.
   AdamW state.
 
     python -m benchmarks.train_step [--hidden 512] [--layers 4] [--r 16] [--batch 4] [--seq 128]
-                                    [--steps 20] [--warmup 2] [--memory-steps 3] [--threads 2]
+                                    [--steps 20] [--warmup 2] [--memory-steps 3] [--threads 2] [--plot F.png]
 """
 
 from __future__ import annotations
@@ -205,6 +205,31 @@ def report(times: dict[str, dict], memory: dict[str, dict], args: argparse.Names
     return "\n".join(lines)
 
 
+def plot(times: dict[str, dict], memory: dict[str, dict], args: argparse.Namespace, path: str) -> None:
+    """Two bar charts: step time and training peak memory of each method relative to LoRA (goal lines dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base_peak = memory[BASELINE]["training_peak_kib"] or 1
+    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
+    time_axis.bar(args.methods, [times[m]["ratio"] for m in args.methods])
+    memory_axis.bar(args.methods, [(memory[m]["training_peak_kib"] or 0) / base_peak for m in args.methods])
+    for goal in sorted(set(GOALS.values())):
+        time_axis.axhline(goal, linestyle="--", color="grey", linewidth=1)
+    time_axis.set(title="step time / LoRA's (goals dashed)")
+    memory_axis.set(title="training peak RSS / LoRA's")
+    for axis in (time_axis, memory_axis):
+        axis.axhline(1.0, color="black", linewidth=1)
+    figure.suptitle(
+        f"Llama hidden {args.hidden} x {args.layers} layers, r = {args.r}, {args.threads} CPU threads"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    print(f"plot written to {path}")
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -229,6 +254,7 @@ def parse_args() -> argparse.Namespace:
         "--lr", type=float, default=1e-4, help="AdamW learning rate (does not change the cost)"
     )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to run")
+    parser.add_argument("--plot", metavar="FILE.png", help="also draw the ratios to LoRA as bar charts")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hidden % 64 or args.hidden < 64:
@@ -258,6 +284,8 @@ def main() -> None:
         memory[method] = run_memory_worker(method, args)
     times = time_interleaved(args)
     print(report(times, memory, args))
+    if args.plot:
+        plot(times, memory, args, args.plot)
 
 
 if __name__ == "__main__":

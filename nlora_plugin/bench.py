@@ -340,3 +340,26 @@ def goal_report(result: InitBenchResult) -> list[str]:
     if speedup is not None:
         lines.append(f"goal PiSSA/NLoRA >= 50: {speedup:.0f} -> {'met' if speedup >= 50 else 'MISSED'}")
     return lines
+
+
+def plot_init_times(result: InitBenchResult, path: str) -> None:
+    """Bar chart (log scale) of each method's stack init time, LoRA's drawn in black. Needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result.timings)
+    seconds = [result.timings[name].stack_seconds(result.layer_counts) for name in names]
+    labels = [f"{name} *" if result.timings[name].extrapolated else name for name in names]
+    figure, axis = plt.subplots(figsize=(8, 0.45 * len(names) + 1.5))
+    axis.barh(labels, seconds, color=["black" if name == BASELINE else "tab:blue" for name in names])
+    axis.set(xscale="log", xlabel="seconds to initialise the stack (log)")
+    axis.set_title(
+        f"init time, {result.blocks} block(s) x {len(result.layer_counts)} shapes, r = {result.r}, "
+        f"{result.threads} threads (* extrapolated)",
+        fontsize=9,
+    )
+    axis.invert_yaxis()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)

@@ -172,6 +172,8 @@ def random_batch(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
 def cmd_init_bench(args: argparse.Namespace) -> int:
     from . import bench
 
+    if args.plot:
+        check_matplotlib("--plot")
     if args.threads:
         import torch
 
@@ -193,7 +195,19 @@ def cmd_init_bench(args: argparse.Namespace) -> int:
     print(bench.format_init_table(result))
     for line in bench.goal_report(result):
         print(line)
+    if args.plot:
+        bench.plot_init_times(result, str(args.plot))
+        print(f"plot written to {args.plot}")
     return 0
+
+
+def check_matplotlib(argument: str) -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        raise CliError(
+            f"{argument} needs matplotlib: pip install matplotlib (or the 'eval' extra)"
+        ) from error
 
 
 def cmd_export_lora(args: argparse.Namespace) -> int:
@@ -341,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=_positive_int, help="torch.set_num_threads (default: torch's choice)"
     )
     bench.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights")
+    bench.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="also draw the stack times as a bar chart"
+    )
     bench.set_defaults(handler=cmd_init_bench)
 
     export = commands.add_parser(

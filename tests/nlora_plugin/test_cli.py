@@ -195,7 +195,7 @@ def test_export_lora_refuses_a_plain_lora_adapter(tmp_path, capsys, no_model_loa
     assert "--adapter" in err and "'LORA'" in err and "nlora merge" in err
 
 
-def test_init_bench_prints_every_method_and_the_goals(capsys):
+def test_init_bench_prints_every_method_and_the_goals(tmp_path, capsys):
     methods = ["nlora", "nlora_pivoted", "slora", "lora", "pissa"]
     code, out, _ = run_cli(
         capsys,
@@ -212,6 +212,8 @@ def test_init_bench_prints_every_method_and_the_goals(capsys):
         "2",
         "--methods",
         *methods,
+        "--plot",
+        tmp_path / "init.png",
     )
     assert code == 0
     rows = {
@@ -222,6 +224,7 @@ def test_init_bench_prints_every_method_and_the_goals(capsys):
     assert "2 x 96x64, 2 x 64x160" in out and "pissa *" in out
     assert re.search(r"goal NLoRA/LoRA <= 1.10: \d+\.\d\d -> (met|MISSED)", out)
     assert re.search(r"goal PiSSA/NLoRA >= 50: \d+ -> (met|MISSED)", out)
+    assert (tmp_path / "init.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(
