@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _score_code(args)
         return _report(args)
     except ConfigError as error:
-        print(f"eval-harness: config error: {error}", file=sys.stderr)
+        print(f"eval-harness: error: {error}", file=sys.stderr)
         return 2
 
 
