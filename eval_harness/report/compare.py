@@ -1,0 +1,224 @@
+"""The report's numbers: methods × benchmarks with CIs, significance against a baseline, efficiency.
+
+`compare(runs, baseline)` returns one JSON-ready dict; results.json is that dict and report.md /
+index.html are rendered from it, so the three always agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .load import ReportError, Runs, SeedResult
+from .stats import CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_ci, paired_test
+
+logger = logging.getLogger(__name__)
+
+# Metrics that are fractions in [0, 1] (or correlations) and are shown ×100, as in the paper's tables.
+PERCENT_METRICS = {"exact_match", "accuracy", "acc", "f1", "matthews", "pearson", "spearman",
+                   "pearson_spearman_mean"}
+BENCHMARK_NAMES = {
+    "gsm8k": "GSM8K", "math": "MATH", "humaneval": "HumanEval", "mbpp": "MBPP", "mt_bench": "MT-Bench",
+    "glue_mnli": "MNLI", "glue_sst2": "SST-2", "glue_mrpc": "MRPC", "glue_cola": "CoLA", "glue_qnli": "QNLI",
+    "glue_qqp": "QQP", "glue_rte": "RTE", "glue_stsb": "STS-B",
+}
+EFFICIENCY_FIELDS = ("init_time_s", "step_time_s", "peak_memory_bytes")
+SIGNIFICANCE_LEVEL = 0.05
+
+
+def is_percent(metric: str) -> bool:
+    """Whether `metric` is a fraction the tables show ×100 (pass@k included)."""
+    return metric in PERCENT_METRICS or metric.startswith("pass@")
+
+
+def benchmark_name(key: str) -> str:
+    return BENCHMARK_NAMES.get(key, key)
+
+
+def format_params(count: int | None) -> str:
+    """Trainable parameters the paper's way: 320.0M, 3.67M, 12.3K."""
+    if count is None:
+        return "—"
+    if count >= 100_000_000:
+        return f"{count / 1e6:.1f}M"
+    if count >= 1_000_000:
+        return f"{count / 1e6:.2f}M"
+    if count >= 1_000:
+        return f"{count / 1e3:.1f}K"
+    return str(count)
+
+
+def compare(runs: Runs, baseline: str | None, *, n_resamples: int = DEFAULT_RESAMPLES,
+            seed: int = DEFAULT_SEED) -> dict[str, Any]:
+    """Every number the report shows, as one JSON-ready dict."""
+    methods = runs.methods
+    if baseline is not None and baseline not in methods:
+        raise ReportError(f"baseline {baseline!r} is not a method in these runs; use one of {methods} "
+                          "(--baseline or report.baseline in the eval YAML)")
+    if n_resamples < 100:
+        raise ReportError(f"n_resamples is {n_resamples}; use at least 100 for a 95 % interval")
+    warnings: list[str] = []
+    benchmarks = [_benchmark_info(runs, key, warnings) for key in runs.benchmarks]
+    table, all_metrics, significance = {}, {}, {}
+    cells = [(method, bench) for bench in benchmarks for method in methods if runs.seeds(method, bench["key"])]
+    for method, bench in tqdm(cells, desc="bootstrap", unit="cell", disable=len(cells) < 8):
+        seeds = runs.seeds(method, bench["key"])
+        all_metrics.setdefault(bench["key"], {})[method] = _all_metrics(seeds, n_resamples, seed, warnings)
+        if baseline is not None and method != baseline and runs.seeds(baseline, bench["key"]):
+            test = _significance(seeds, runs.seeds(baseline, bench["key"]), bench, n_resamples, seed)
+            if test is not None:
+                significance.setdefault(bench["key"], {})[method] = test
+    for method in methods:
+        params = _trainable_params(runs, method, warnings)
+        row = {"trainable_params": params, "params_display": format_params(params), "benchmarks": {}}
+        for bench in benchmarks:
+            cell = all_metrics.get(bench["key"], {}).get(method, {}).get(bench["primary_metric"])
+            if cell is not None:
+                row["benchmarks"][bench["key"]] = cell
+        table[method] = row
+    return {
+        "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "baseline": baseline,
+        "statistics": {
+            "confidence": CONFIDENCE,
+            "n_resamples": n_resamples,
+            "rng_seed": seed,
+            "point_estimate": "mean over seeds of the metric in each seed's summary.json",
+            "interval": "percentile bootstrap, two levels: seeds resampled, then items within each seed "
+                        "(corpus metrics recomputed on every resample)",
+            "test": "paired bootstrap of the difference (seeds paired by rank, items by id), two-sided; "
+                    "McNemar's exact test as well for 0/1 item scores (discordant pairs pooled over seeds)",
+            "significance_level": SIGNIFICANCE_LEVEL,
+        },
+        "methods": methods,
+        "benchmarks": benchmarks,
+        "table": table,
+        "all_metrics": all_metrics,
+        "significance": significance,
+        "efficiency": _efficiency(runs, methods, baseline),
+        "loss_curves": {method: curve for method in methods if (curve := _loss_curve(runs, method))},
+        "runs": [_run_record(info) for info in runs.run_infos],
+        "skipped": runs.skipped,
+        "warnings": warnings,
+    }
+
+
+def _benchmark_info(runs: Runs, key: str, warnings: list[str]) -> dict[str, Any]:
+    summaries = [r.summary for r in runs.results if r.benchmark == key]
+    primaries = list(dict.fromkeys(s["primary_metric"] for s in summaries))
+    kinds = list(dict.fromkeys(s["metric_kind"] for s in summaries))
+    if len(primaries) > 1 or len(kinds) > 1:
+        raise ReportError(f"benchmark {key!r}: runs disagree on primary_metric {primaries} or metric_kind {kinds}; "
+                          "report runs scored the same way together")
+    metrics = list(dict.fromkeys(name for s in summaries for name in s["metrics"]))
+    return {"key": key, "name": benchmark_name(key), "primary_metric": primaries[0], "metric_kind": kinds[0],
+            "percent": is_percent(primaries[0]), "metrics": metrics,
+            "percent_metrics": [name for name in metrics if is_percent(name)]}
+
+
+def _all_metrics(seeds: list[SeedResult], n_resamples: int, rng_seed: int,
+                 warnings: list[str]) -> dict[str, dict[str, Any]]:
+    """Per metric: mean over seeds of summary.json's value, with a bootstrap CI where items allow one."""
+    kind = seeds[0].metric_kind
+    primary = seeds[0].summary["primary_metric"]
+    names = list(dict.fromkeys(name for s in seeds for name in s.summary["metrics"]))
+    samples = [s.sample for s in seeds]
+    cells = {}
+    for name in names:
+        values = [s.summary["metrics"].get(name) for s in seeds]
+        values = [float(v) for v in values if v is not None]
+        if not values:
+            continue
+        cell = {"estimate": float(np.mean(values)), "ci_low": None, "ci_high": None, "n_seeds": len(values),
+                "seed_values": values, "labels": [s.label for s in seeds], "n_items": None}
+        recomputable = kind == "corpus" or name == primary
+        if recomputable and all(sample is not None for sample in samples) and len(values) == len(seeds):
+            if kind == "corpus" and not _in_metrics(name):
+                cells[name] = cell
+                continue
+            interval = bootstrap_ci(samples, name if kind == "corpus" else None,
+                                    n_resamples=n_resamples, seed=rng_seed)
+            cell.update(ci_low=interval.low, ci_high=interval.high, n_items=[len(sample) for sample in samples])
+            if not np.isclose(interval.estimate, cell["estimate"], rtol=1e-6, atol=1e-9):
+                warnings.append(f"{seeds[0].benchmark}/{seeds[0].method}/{name}: summary.json gives "
+                                f"{cell['estimate']:.6g} but items.jsonl gives {interval.estimate:.6g}")
+        cells[name] = cell
+    return cells
+
+
+def _in_metrics(name: str) -> bool:
+    from eval_harness.metrics import METRICS
+
+    return name in METRICS
+
+
+def _significance(seeds: list[SeedResult], baseline: list[SeedResult], bench: dict[str, Any],
+                  n_resamples: int, rng_seed: int) -> dict[str, Any] | None:
+    mine = [s.sample for s in seeds]
+    theirs = [s.sample for s in baseline]
+    if any(sample is None for sample in mine + theirs):
+        return None
+    corpus = bench["metric_kind"] == "corpus"
+    try:
+        test = paired_test(mine, theirs, bench["primary_metric"] if corpus else None,
+                           n_resamples=n_resamples, seed=rng_seed)
+    except ValueError as error:  # no shared item ids
+        logger.warning("%s: no paired test for %s: %s", bench["key"], seeds[0].method, error)
+        return None
+    return {**test.as_dict(), "significant": test.p_value < SIGNIFICANCE_LEVEL}
+
+
+def _trainable_params(runs: Runs, method: str, warnings: list[str]) -> int | None:
+    counts = [r.summary.get("trainable_params") for r in runs.results if r.method == method]
+    counts += [t.data.get("trainable_params") for t in runs.training(method)]
+    distinct = list(dict.fromkeys(int(c) for c in counts if c is not None))
+    if len(distinct) > 1:
+        warnings.append(f"{method}: trainable_params differ between its runs {distinct}; the table shows the first")
+    return distinct[0] if distinct else None
+
+
+def _efficiency(runs: Runs, methods: list[str], baseline: str | None) -> dict[str, Any]:
+    """init time, step time and peak memory per method (mean and std over seeds), with ratios to the baseline."""
+    table = {}
+    for method in methods:
+        trainings = runs.training(method)
+        if not trainings:
+            continue
+        row = {}
+        for name in EFFICIENCY_FIELDS:
+            values = [float(t.data[name]) for t in trainings if t.data.get(name) is not None]
+            if values:
+                row[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+        table[method] = row
+    if baseline in table:
+        for row in table.values():
+            for name, cell in row.items():
+                base = table[baseline].get(name, {}).get("mean")
+                cell["ratio_to_baseline"] = cell["mean"] / base if base else None
+    return table
+
+
+def _loss_curve(runs: Runs, method: str) -> dict[str, Any] | None:
+    """Mean training loss over seeds (and its std) on the steps all seeds cover, interpolated where they differ."""
+    curves = [np.asarray(t.data["loss_curve"], dtype=float) for t in runs.training(method)
+              if t.data.get("loss_curve")]
+    curves = [curve for curve in curves if curve.ndim == 2 and curve.shape[1] == 2 and len(curve)]
+    if not curves:
+        return None
+    start = max(curve[:, 0].min() for curve in curves)
+    stop = min(curve[:, 0].max() for curve in curves)
+    steps = np.unique(np.concatenate([curve[:, 0] for curve in curves]))
+    steps = steps[(steps >= start) & (steps <= stop)]
+    losses = np.stack([np.interp(steps, curve[:, 0], curve[:, 1]) for curve in curves])
+    return {"steps": steps.tolist(), "mean": losses.mean(axis=0).tolist(), "std": losses.std(axis=0).tolist(),
+            "n_seeds": len(curves)}
+
+
+def _run_record(info: dict[str, Any]) -> dict[str, Any]:
+    run = info["run"]
+    return {"path": info["path"], "config": run.get("config"), "versions": run.get("versions"),
+            "created": run.get("created"), "command": run.get("command")}

@@ -1,0 +1,163 @@
+"""Read run directories (docs/eval_harness_contract.md) into per-seed results grouped by method."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eval_harness.errors import ConfigError
+from eval_harness.results import ItemLog, read_json
+
+from .stats import Sample
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FIELDS = ("label", "method", "benchmark", "metrics", "primary_metric", "metric_kind")
+
+
+class ReportError(ConfigError):
+    """Input the report cannot use (not a run directory, unknown baseline): the message says what and how to fix."""
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """One label (one seed of a method) on one benchmark."""
+
+    run_dir: Path
+    label: str
+    method: str
+    seed: int | None
+    benchmark: str
+    summary: dict[str, Any]
+    sample: Sample | None  # None when items.jsonl is missing or empty: no CI then
+
+    @property
+    def metric_kind(self) -> str:
+        return self.summary["metric_kind"]
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """A label's training.json (only for methods the harness fine-tuned)."""
+
+    run_dir: Path
+    label: str
+    method: str
+    seed: int | None
+    data: dict[str, Any]
+
+
+@dataclass
+class Runs:
+    """Everything read from the run directories, in the order it was found."""
+
+    run_infos: list[dict[str, Any]] = field(default_factory=list)  # {"path", "run"}: run.json per run dir
+    results: list[SeedResult] = field(default_factory=list)
+    trainings: list[TrainingResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # unfinished benchmarks (no summary.json)
+
+    @property
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys([r.method for r in self.results] + [t.method for t in self.trainings]))
+
+    @property
+    def benchmarks(self) -> list[str]:
+        return list(dict.fromkeys(result.benchmark for result in self.results))
+
+    def seeds(self, method: str, benchmark: str) -> list[SeedResult]:
+        """A method's seeds on one benchmark, ordered by seed (None first), then label."""
+        found = [r for r in self.results if r.method == method and r.benchmark == benchmark]
+        return sorted(found, key=lambda r: (r.seed is not None, r.seed if r.seed is not None else 0, r.label))
+
+    def training(self, method: str) -> list[TrainingResult]:
+        found = [t for t in self.trainings if t.method == method]
+        return sorted(found, key=lambda t: (t.seed is not None, t.seed if t.seed is not None else 0, t.label))
+
+
+def load_runs(run_dirs: list[Path]) -> Runs:
+    """Read and check every run directory; raise ReportError naming the path and what is missing."""
+    if not run_dirs:
+        raise ReportError("no run directory given: pass one or more folders written by `eval-harness run`")
+    runs = Runs()
+    for run_dir in map(Path, run_dirs):
+        _check_run_dir(run_dir)
+        run = read_json(run_dir / "run.json")
+        runs.run_infos.append({"path": str(run_dir), "run": run})
+        for label_dir in _label_dirs(run_dir, run):
+            _load_label(run_dir, label_dir, runs)
+    if not runs.results:
+        raise ReportError(
+            f"no finished benchmark in {', '.join(map(str, run_dirs))}: no <label>/<benchmark>/summary.json "
+            "found; finish the runs with `eval-harness run CONFIG --output RUN_DIR` first"
+        )
+    return runs
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    if not run_dir.is_dir():
+        raise ReportError(f"run directory {run_dir} does not exist (or is not a folder); "
+                          "pass a folder written by `eval-harness run CONFIG --output RUN_DIR`")
+    if not (run_dir / "run.json").is_file():
+        raise ReportError(f"{run_dir} is not a run directory: {run_dir / 'run.json'} is missing; "
+                          "pass a folder written by `eval-harness run CONFIG --output RUN_DIR`")
+
+
+def _label_dirs(run_dir: Path, run: dict[str, Any]) -> list[Path]:
+    """Label folders in the config's model order, then any others by name."""
+    models = (run.get("config") or {}).get("models") or []
+    ordered = [run_dir / str(model["label"]) for model in models if isinstance(model, dict) and "label" in model]
+    others = sorted(path for path in run_dir.iterdir() if path.is_dir() and path not in ordered)
+    return [path for path in ordered + others if path.is_dir() and not path.name.startswith(".")]
+
+
+def _load_label(run_dir: Path, label_dir: Path, runs: Runs) -> None:
+    for bench_dir in sorted(path for path in label_dir.iterdir() if path.is_dir()):
+        summary_path = bench_dir / "summary.json"
+        if not summary_path.is_file():
+            if (bench_dir / "items.jsonl").is_file():
+                runs.skipped.append(str(bench_dir))
+                logger.warning("%s has no summary.json (unfinished benchmark): left out of the report", bench_dir)
+            continue
+        summary = read_json(summary_path)
+        missing = [name for name in SUMMARY_FIELDS if name not in summary]
+        if missing:
+            raise ReportError(f"{summary_path} lacks the field(s) {missing}; see docs/eval_harness_contract.md")
+        if summary["metric_kind"] not in ("mean", "corpus"):
+            raise ReportError(f"{summary_path}: metric_kind is {summary['metric_kind']!r}; use 'mean' or 'corpus'")
+        runs.results.append(SeedResult(
+            run_dir=run_dir, label=str(summary["label"]), method=str(summary["method"]),
+            seed=summary.get("seed"), benchmark=str(summary["benchmark"]), summary=summary,
+            sample=_read_sample(bench_dir / "items.jsonl", summary["metric_kind"]),
+        ))
+    training_path = label_dir / "training.json"
+    if training_path.is_file():
+        data = read_json(training_path)
+        if "method" not in data:
+            raise ReportError(f"{training_path} lacks the field 'method'; see docs/eval_harness_contract.md")
+        runs.trainings.append(TrainingResult(run_dir=run_dir, label=label_dir.name, method=str(data["method"]),
+                                             seed=data.get("seed"), data=data))
+
+
+def _read_sample(items_path: Path, metric_kind: str) -> Sample | None:
+    """Item scores (mean metric) or predictions and labels (corpus metric) from items.jsonl."""
+    records = ItemLog(items_path).records()
+    if not records:
+        logger.warning("%s is missing or empty: no confidence interval for it", items_path)
+        return None
+    needed = ("score",) if metric_kind == "mean" else ("prediction", "label")
+    for record in records:
+        lacking = [name for name in ("id", *needed) if name not in record]
+        if lacking:
+            raise ReportError(f"{items_path}: the item {record.get('id', '?')!r} lacks {lacking}; a "
+                              f"{metric_kind!r} metric needs {list(needed)} on every item")
+    ids = tuple(str(record["id"]) for record in records)
+    if len(set(ids)) != len(ids):
+        raise ReportError(f"{items_path}: item ids repeat; every id must be unique within the file")
+    if metric_kind == "mean":
+        return Sample(ids, scores=np.array([float(record["score"]) for record in records]))
+    return Sample(ids, predictions=np.array([record["prediction"] for record in records]),
+                  labels=np.array([record["label"] for record in records]))

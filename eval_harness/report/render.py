@@ -1,0 +1,275 @@
+"""report.md and index.html from the results dict: the same tables, as Markdown and as HTML."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+import markupsafe
+
+
+@dataclass
+class Table:
+    """A titled table of display strings, rendered to Markdown and HTML alike."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+    figures: list[str] = field(default_factory=list)  # PNG file names shown under the table
+    text_columns: int = 1  # leading columns of text (left-aligned); the rest are numbers
+
+
+def _number(value: float | None, percent: bool, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    return f"{value * (100 if percent else 1):.{digits}f}"
+
+
+def _method_name(method: str, baseline: str | None) -> str:
+    return f"{method} (baseline)" if method == baseline else method
+
+
+def main_table(results: dict[str, Any]) -> Table:
+    """The paper's layout: methods × benchmarks (primary metric, ×100 for fractions) and #Params."""
+    benches = results["benchmarks"]
+    rows = []
+    for method in results["methods"]:
+        row = results["table"][method]
+        cells = [_method_name(method, results["baseline"]), row["params_display"]]
+        for bench in benches:
+            cell = row["benchmarks"].get(bench["key"])
+            text = _number(cell["estimate"], bench["percent"]) if cell else "—"
+            test = results["significance"].get(bench["key"], {}).get(method)
+            if test and test["significant"]:
+                text += "*"
+            cells.append(text)
+        rows.append(cells)
+    caption = ("Mean over seeds of each benchmark's primary metric ("
+               + ", ".join(f"{b['name']}: {b['primary_metric']}{' ×100' if b['percent'] else ''}" for b in benches)
+               + "). #Params = trainable parameters.")
+    if results["baseline"]:
+        caption += (f" * = differs from {results['baseline']} at p < {results['statistics']['significance_level']}"
+                    " (paired bootstrap).")
+    return Table("Results (paper layout)", ["Method", "#Params", *[b["name"] for b in benches]], rows, caption)
+
+
+def ci_table(results: dict[str, Any]) -> Table:
+    """The same cells with their 95 % bootstrap intervals and how many seeds/items they rest on."""
+    benches = results["benchmarks"]
+    rows = []
+    for method in results["methods"]:
+        cells = [_method_name(method, results["baseline"])]
+        for bench in benches:
+            cell = results["table"][method]["benchmarks"].get(bench["key"])
+            cells.append(_with_ci(cell, bench["percent"]) if cell else "—")
+        rows.append(cells)
+    stats = results["statistics"]
+    caption = (f"Estimate [95 % CI]; {stats['interval']}, {stats['n_resamples']} resamples, RNG seed "
+               f"{stats['rng_seed']}. n = seeds × items.")
+    return Table("Confidence intervals", ["Method", *[b["name"] for b in benches]], rows, caption,
+                 figures=[f"bars_{b['key']}.png" for b in benches])
+
+
+def _with_ci(cell: dict[str, Any], percent: bool) -> str:
+    text = _number(cell["estimate"], percent)
+    if cell.get("ci_low") is not None:
+        text += f" [{_number(cell['ci_low'], percent)}, {_number(cell['ci_high'], percent)}]"
+        items = cell["n_items"]
+        text += f" (n={len(items)}×{items[0]})" if len(set(items)) == 1 else f" (n={len(items)} seeds)"
+    else:
+        text += f" (n={cell['n_seeds']}, no items: no CI)"
+    return text
+
+
+def significance_table(results: dict[str, Any]) -> Table | None:
+    if not results["baseline"]:
+        return None
+    rows = []
+    for bench in results["benchmarks"]:
+        for method, test in results["significance"].get(bench["key"], {}).items():
+            pct = bench["percent"]
+            rows.append([
+                bench["name"], method,
+                f"{test['difference_estimate'] * (100 if pct else 1):+.2f}",
+                f"[{_number(test['difference_ci_low'], pct)}, {_number(test['difference_ci_high'], pct)}]",
+                _p(test["p_value"]), _p(test["mcnemar_p"]), str(test["n_item_pairs"]), str(test["n_seed_pairs"]),
+            ])
+    test = results["statistics"]["test"]
+    caption = (f"Method − {results['baseline']} on the primary metric (×100 for fractions). "
+               f"{test[0].upper()}{test[1:]}.")
+    return Table(f"Significance against {results['baseline']}",
+                 ["Benchmark", "Method", "Δ", "95 % CI of Δ", "p (bootstrap)", "p (McNemar)", "item pairs",
+                  "seed pairs"], rows, caption, text_columns=2)
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2e}" if value < 1e-3 else f"{value:.3f}"
+
+
+def metric_tables(results: dict[str, Any]) -> list[Table]:
+    """One table per benchmark with every metric its summaries report."""
+    tables = []
+    for bench in results["benchmarks"]:
+        per_method = results["all_metrics"].get(bench["key"], {})
+        names = bench["metrics"]
+        rows = [[_method_name(method, results["baseline"]),
+                 *[_with_ci(per_method[method][name], name in bench["percent_metrics"])
+                   if name in per_method[method] else "—" for name in names]]
+                for method in results["methods"] if method in per_method]
+        scaled = [name for name in names if name in bench["percent_metrics"]]
+        caption = f"×100: {', '.join(scaled)}." if scaled else ""
+        tables.append(Table(f"All metrics: {bench['name']}", ["Method", *names], rows, caption))
+    return tables
+
+
+def efficiency_table(results: dict[str, Any]) -> Table | None:
+    table = results["efficiency"]
+    if not table:
+        return None
+    columns = [("init_time_s", "init time (s)", 1.0, 3), ("step_time_s", "step time (ms)", 1e3, 1),
+               ("peak_memory_bytes", "peak memory (MiB)", 1 / 2**20, 1)]
+    has_ratio = results["baseline"] in table
+    headers = ["Method", "#Params"]
+    for _, title, _, _ in columns:
+        headers += [title, f"× {results['baseline']}"] if has_ratio else [title]
+    rows = []
+    for method, row in table.items():
+        cells = [_method_name(method, results["baseline"]), results["table"][method]["params_display"]]
+        for name, _, scale, digits in columns:
+            cell = row.get(name)
+            text = "—" if cell is None else f"{cell['mean'] * scale:.{digits}f}"
+            if cell is not None and cell["n"] > 1:
+                text += f" ± {cell['std'] * scale:.{digits}f}"
+            cells.append(text)
+            if has_ratio:
+                ratio = cell.get("ratio_to_baseline") if cell else None
+                cells.append("—" if ratio is None else f"{ratio:.2f}×")
+        rows.append(cells)
+    caption = "From training.json: mean ± std over seeds."
+    if not has_ratio and results["baseline"]:
+        caption += f" No ratios: the baseline {results['baseline']} has no training.json."
+    return Table("Efficiency and training loss", headers, rows, caption,
+                 figures=["efficiency.png", "loss_curves.png"])
+
+
+def run_tables(results: dict[str, Any]) -> list[Table]:
+    """Where the numbers come from: each run directory, its notes and package versions."""
+    rows = []
+    for run in results["runs"]:
+        config = run.get("config") or {}
+        rows.append([run["path"], str(run.get("created") or "—"), " ".join(run.get("command") or []) or "—",
+                     str(config.get("notes") or "")])
+    tables = [Table("Runs", ["Run directory", "Created", "Command", "Notes"], rows,
+                    "The full configs are in results.json (runs[].config).", text_columns=4)]
+    packages = sorted({name for run in results["runs"] for name in (run.get("versions") or {})})
+    if packages:
+        version_rows = [[name, *[str((run.get("versions") or {}).get(name, "—")) for run in results["runs"]]]
+                        for name in packages]
+        tables.append(Table("Package versions", ["Package", *[run["path"] for run in results["runs"]]],
+                            version_rows))
+    return tables
+
+
+def all_tables(results: dict[str, Any]) -> list[Table]:
+    tables = [main_table(results), ci_table(results), significance_table(results), efficiency_table(results),
+              *metric_tables(results), *run_tables(results)]
+    return [table for table in tables if table is not None]
+
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(results: dict[str, Any], figures: dict[str, str]) -> str:
+    lines = ["# Method comparison", "", _header_text(results), ""]
+    lines += [f"- {warning}" for warning in _notes(results)]
+    for table in all_tables(results):
+        lines += ["", f"## {table.title}", ""]
+        lines.append("| " + " | ".join(map(_markdown_cell, table.headers)) + " |")
+        lines.append("|" + "|".join(["---"] * table.text_columns
+                                    + ["---:"] * (len(table.headers) - table.text_columns)) + "|")
+        lines += ["| " + " | ".join(map(_markdown_cell, row)) + " |" for row in table.rows]
+        if table.caption:
+            lines += ["", table.caption]
+        lines += [f"\n![{name}]({figures[name]})" for name in table.figures if name in figures]
+    return "\n".join(lines) + "\n"
+
+
+def _header_text(results: dict[str, Any]) -> str:
+    baseline = results["baseline"] or "none (pass --baseline METHOD for significance tests and ratios)"
+    return (f"{len(results['methods'])} methods × {len(results['benchmarks'])} benchmarks from "
+            f"{len(results['runs'])} run director{'y' if len(results['runs']) == 1 else 'ies'}; "
+            f"baseline: {baseline}; generated {results['generated']}.")
+
+
+def _notes(results: dict[str, Any]) -> list[str]:
+    notes = [f"Run note ({run['path']}): {run['config']['notes']}" for run in results["runs"]
+             if (run.get("config") or {}).get("notes")]
+    notes += [f"Warning: {warning}" for warning in results["warnings"]]
+    notes += [f"Unfinished, left out: {path}" for path in results["skipped"]]
+    return notes
+
+
+HTML_TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Method comparison</title>
+<style>
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;
+       padding: 0 1em; color: #222; line-height: 1.4; }
+h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; white-space: nowrap; }
+th { background: #f3f4f6; } .text { text-align: left; }
+tr.baseline td { background: #f7f7f7; font-style: italic; }
+.caption { color: #555; font-size: 0.88em; max-width: 1100px; }
+.notes li { color: #8a4b00; }
+.figures { display: flex; flex-wrap: wrap; gap: 0.6em 1.2em; align-items: flex-start; }
+.figures img { max-width: min(100%, 580px); } .figures img.wide { max-width: min(100%, 1100px); }
+.ci { color: #666; font-size: 0.85em; }
+.scroll { overflow-x: auto; } pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 0.82em; }
+td.wrap { white-space: normal; text-align: left; max-width: 32em; }
+</style></head><body>
+<h1>Method comparison</h1>
+<p>{{ header }}</p>
+{% if notes %}<ul class="notes">{% for note in notes %}<li>{{ note }}</li>{% endfor %}</ul>{% endif %}
+{% for table in tables %}
+<h2>{{ table.title }}</h2>
+<div class="scroll"><table>
+<tr>{% for h in table.headers %}<th class="{{ 'text' if loop.index0 < table.text_columns else 'num' }}">{{ h }}</th>{% endfor %}</tr>
+{% for row in table.rows %}<tr{% if row[0].endswith('(baseline)') %} class="baseline"{% endif %}>
+{% for cell in row %}<td class="{{ 'text' if loop.index0 < table.text_columns else 'num' }}{{ ' wrap' if cell|length > 48 }}">{{ cell|cell_html }}</td>{% endfor %}</tr>
+{% endfor %}</table></div>
+{% if table.caption %}<p class="caption">{{ table.caption }}</p>{% endif %}
+{% if table.figures %}<div class="figures">{% for name in table.figures if name in figures %}
+<img src="{{ figures[name] }}" alt="{{ name }}"{% if name in ('efficiency.png', 'loss_curves.png') %} class="wide"{% endif %}>
+{% endfor %}</div>{% endif %}
+{% endfor %}
+<h2>Run configs</h2>
+{% for run in runs %}<details><summary>{{ run.path }}</summary><pre>{{ run.config_json }}</pre></details>{% endfor %}
+</body></html>
+"""
+
+
+def _cell_html(text: str) -> markupsafe.Markup:
+    """An "estimate [low, high] (n=...)" cell as the estimate over a smaller grey interval line."""
+    estimate, bracket, rest = text.partition(" [")
+    if not bracket:
+        return markupsafe.escape(text)
+    return markupsafe.Markup("{}<br><span class=\"ci\">[{}</span>").format(estimate, rest)
+
+
+def render_html(results: dict[str, Any], figures: dict[str, str]) -> str:
+    """index.html; `figures` maps a PNG name to the src to use (a file name next to index.html)."""
+    environment = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    environment.filters["cell_html"] = _cell_html
+    runs = [{"path": run["path"], "config_json": json.dumps(run.get("config"), indent=2, default=str)}
+            for run in results["runs"]]
+    return environment.from_string(HTML_TEMPLATE).render(
+        header=_header_text(results), notes=_notes(results), tables=all_tables(results), figures=figures,
+        runs=runs,
+    )
+
