@@ -75,3 +75,8 @@ def test_tiny_config_runs(tmp_path, tiny_root):
         assert read_json(tmp_path / "run" / label / "gsm8k" / "summary.json")["n_items"] == 5
         assert read_json(tmp_path / "run" / label / "math" / "summary.json")["method"] == method
         assert read_json(tmp_path / "run" / label / "humaneval" / "summary.json")["n_items"] == 3
+    # The user's next step: the report, with the baseline taken from the run's report.baseline.
+    assert main(["report", str(tmp_path / "run"), "--output", str(tmp_path / "report")]) == 0
+    for name in ("report.md", "index.html", "results.json"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    assert read_json(tmp_path / "report" / "results.json")["baseline"] == "base"
