@@ -114,7 +114,9 @@ class ModelHandle:
 
         device = resolve_device(self.device)
         logger.info("loading %s%s on %s", self.base_model, f" + {self.adapter}" if self.adapter else "", device)
-        model = AutoModelForCausalLM.from_pretrained(str(self.base_model), dtype=resolve_dtype(self.dtype))
+        # Loaded straight onto a GPU (no full copy in CPU memory first); on the CPU as usual.
+        placement = {} if device.type == "cpu" else {"device_map": str(device)}
+        model = AutoModelForCausalLM.from_pretrained(str(self.base_model), dtype=resolve_dtype(self.dtype), **placement)
         rows = model.get_input_embeddings().weight.shape[0]
         if len(self.tokenizer) > rows:
             # Training added tokens (e.g. a pad token) and saved the tokenizer with the adapter.
