@@ -54,32 +54,41 @@ def format_params(count: int | None) -> str:
 
 def compare(runs: Runs, baseline: str | None, *, n_resamples: int = DEFAULT_RESAMPLES,
             seed: int = DEFAULT_SEED) -> dict[str, Any]:
-    """Every number the report shows, as one JSON-ready dict."""
-    methods = runs.methods
-    if baseline is not None and baseline not in methods:
-        raise ReportError(f"baseline {baseline!r} is not a method in these runs; use one of {methods} "
+    """Every number the report shows, as one JSON-ready dict.
+
+    Rows are methods (the seeds of a method pooled); when the runs use several base models a row is
+    (model, method) and each is compared with the baseline method on the same model.
+    """
+    if baseline is not None and baseline not in runs.methods:
+        raise ReportError(f"baseline {baseline!r} is not a method in these runs; use one of {runs.methods} "
                           "(--baseline or report.baseline in the eval YAML)")
     if n_resamples < 100:
         raise ReportError(f"n_resamples is {n_resamples}; use at least 100 for a 95 % interval")
     warnings: list[str] = []
-    benchmarks = [_benchmark_info(runs, key, warnings) for key in runs.benchmarks]
+    rows = runs.rows
+    baseline_of = {row["key"]: runs.row_key(row["model"], baseline) if baseline else None for row in rows}
+    for row in rows:
+        row["is_baseline"] = row["method"] == baseline
+    keys = [row["key"] for row in rows]
+    benchmarks = [_benchmark_info(runs, key) for key in runs.benchmarks]
     table, all_metrics, significance = {}, {}, {}
-    cells = [(method, bench) for bench in benchmarks for method in methods if runs.seeds(method, bench["key"])]
-    for method, bench in tqdm(cells, desc="bootstrap", unit="cell", disable=len(cells) < 8):
-        seeds = runs.seeds(method, bench["key"])
-        all_metrics.setdefault(bench["key"], {})[method] = _all_metrics(seeds, n_resamples, seed, warnings)
-        if baseline is not None and method != baseline and runs.seeds(baseline, bench["key"]):
-            test = _significance(seeds, runs.seeds(baseline, bench["key"]), bench, n_resamples, seed)
+    cells = [(key, bench) for bench in benchmarks for key in keys if runs.seeds(key, bench["key"])]
+    for key, bench in tqdm(cells, desc="bootstrap", unit="cell", disable=len(cells) < 8):
+        seeds = runs.seeds(key, bench["key"])
+        all_metrics.setdefault(bench["key"], {})[key] = _all_metrics(seeds, n_resamples, seed, warnings)
+        base_seeds = runs.seeds(baseline_of[key], bench["key"]) if baseline_of[key] else []
+        if base_seeds and baseline_of[key] != key:
+            test = _significance(seeds, base_seeds, bench, n_resamples, seed)
             if test is not None:
-                significance.setdefault(bench["key"], {})[method] = test
-    for method in methods:
-        params = _trainable_params(runs, method, warnings)
-        row = {"trainable_params": params, "params_display": format_params(params), "benchmarks": {}}
+                significance.setdefault(bench["key"], {})[key] = {**test, "baseline_row": baseline_of[key]}
+    for row in rows:
+        params = _trainable_params(runs, row["key"], warnings)
+        table[row["key"]] = {"model": row["model"], "method": row["method"], "trainable_params": params,
+                             "params_display": format_params(params), "benchmarks": {}}
         for bench in benchmarks:
-            cell = all_metrics.get(bench["key"], {}).get(method, {}).get(bench["primary_metric"])
+            cell = all_metrics.get(bench["key"], {}).get(row["key"], {}).get(bench["primary_metric"])
             if cell is not None:
-                row["benchmarks"][bench["key"]] = cell
-        table[method] = row
+                table[row["key"]]["benchmarks"][bench["key"]] = cell
     return {
         "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "baseline": baseline,
@@ -94,20 +103,22 @@ def compare(runs: Runs, baseline: str | None, *, n_resamples: int = DEFAULT_RESA
                     "McNemar's exact test as well for 0/1 item scores (discordant pairs pooled over seeds)",
             "significance_level": SIGNIFICANCE_LEVEL,
         },
-        "methods": methods,
+        "models": runs.models,
+        "methods": keys,
+        "rows": rows,
         "benchmarks": benchmarks,
         "table": table,
         "all_metrics": all_metrics,
         "significance": significance,
-        "efficiency": _efficiency(runs, methods, baseline),
-        "loss_curves": {method: curve for method in methods if (curve := _loss_curve(runs, method))},
+        "efficiency": _efficiency(runs, keys, baseline_of),
+        "loss_curves": {key: curve for key in keys if (curve := _loss_curve(runs, key))},
         "runs": [_run_record(info) for info in runs.run_infos],
         "skipped": runs.skipped,
         "warnings": warnings,
     }
 
 
-def _benchmark_info(runs: Runs, key: str, warnings: list[str]) -> dict[str, Any]:
+def _benchmark_info(runs: Runs, key: str) -> dict[str, Any]:
     summaries = [r.summary for r in runs.results if r.benchmark == key]
     primaries = list(dict.fromkeys(s["primary_metric"] for s in summaries))
     kinds = list(dict.fromkeys(s["metric_kind"] for s in summaries))
@@ -172,20 +183,20 @@ def _significance(seeds: list[SeedResult], baseline: list[SeedResult], bench: di
     return {**test.as_dict(), "significant": test.p_value < SIGNIFICANCE_LEVEL}
 
 
-def _trainable_params(runs: Runs, method: str, warnings: list[str]) -> int | None:
-    counts = [r.summary.get("trainable_params") for r in runs.results if r.method == method]
-    counts += [t.data.get("trainable_params") for t in runs.training(method)]
+def _trainable_params(runs: Runs, row: str, warnings: list[str]) -> int | None:
+    counts = [r.summary.get("trainable_params") for bench in runs.benchmarks for r in runs.seeds(row, bench)]
+    counts += [t.data.get("trainable_params") for t in runs.training(row)]
     distinct = list(dict.fromkeys(int(c) for c in counts if c is not None))
     if len(distinct) > 1:
-        warnings.append(f"{method}: trainable_params differ between its runs {distinct}; the table shows the first")
+        warnings.append(f"{row}: trainable_params differ between its runs {distinct}; the table shows the first")
     return distinct[0] if distinct else None
 
 
-def _efficiency(runs: Runs, methods: list[str], baseline: str | None) -> dict[str, Any]:
-    """init time, step time and peak memory per method (mean and std over seeds), with ratios to the baseline."""
+def _efficiency(runs: Runs, keys: list[str], baseline_of: dict[str, str | None]) -> dict[str, Any]:
+    """init time, step time and peak memory per row (mean and std over seeds), with ratios to the baseline."""
     table = {}
-    for method in methods:
-        trainings = runs.training(method)
+    for key in keys:
+        trainings = runs.training(key)
         if not trainings:
             continue
         row = {}
@@ -193,18 +204,18 @@ def _efficiency(runs: Runs, methods: list[str], baseline: str | None) -> dict[st
             values = [float(t.data[name]) for t in trainings if t.data.get(name) is not None]
             if values:
                 row[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
-        table[method] = row
-    if baseline in table:
-        for row in table.values():
-            for name, cell in row.items():
-                base = table[baseline].get(name, {}).get("mean")
-                cell["ratio_to_baseline"] = cell["mean"] / base if base else None
+        table[key] = row
+    for key, row in table.items():
+        base_row = table.get(baseline_of[key]) or {}
+        for name, cell in row.items():
+            base = base_row.get(name, {}).get("mean")
+            cell["ratio_to_baseline"] = cell["mean"] / base if base else None
     return table
 
 
-def _loss_curve(runs: Runs, method: str) -> dict[str, Any] | None:
+def _loss_curve(runs: Runs, row: str) -> dict[str, Any] | None:
     """Mean training loss over seeds (and its std) on the steps all seeds cover, interpolated where they differ."""
-    curves = [np.asarray(t.data["loss_curve"], dtype=float) for t in runs.training(method)
+    curves = [np.asarray(t.data["loss_curve"], dtype=float) for t in runs.training(row)
               if t.data.get("loss_curve")]
     curves = [curve for curve in curves if curve.ndim == 2 and curve.shape[1] == 2 and len(curve)]
     if not curves:

@@ -28,6 +28,7 @@ class SeedResult:
     """One label (one seed of a method) on one benchmark."""
 
     run_dir: Path
+    model: str  # the base model's name: rows are (model, method), as in the paper's Table 1
     label: str
     method: str
     seed: int | None
@@ -45,6 +46,7 @@ class TrainingResult:
     """A label's training.json (only for methods the harness fine-tuned)."""
 
     run_dir: Path
+    model: str
     label: str
     method: str
     seed: int | None
@@ -65,16 +67,31 @@ class Runs:
         return list(dict.fromkeys([r.method for r in self.results] + [t.method for t in self.trainings]))
 
     @property
+    def models(self) -> list[str]:
+        return list(dict.fromkeys([r.model for r in self.results] + [t.model for t in self.trainings]))
+
+    @property
     def benchmarks(self) -> list[str]:
         return list(dict.fromkeys(result.benchmark for result in self.results))
 
-    def seeds(self, method: str, benchmark: str) -> list[SeedResult]:
-        """A method's seeds on one benchmark, ordered by seed (None first), then label."""
-        found = [r for r in self.results if r.method == method and r.benchmark == benchmark]
+    def row_key(self, model: str, method: str) -> str:
+        """A table row: the method, or "model / method" when the runs span several base models."""
+        return method if len(self.models) == 1 else f"{model} / {method}"
+
+    @property
+    def rows(self) -> list[dict[str, str]]:
+        """Table rows in the order found: {"key", "model", "method"}."""
+        pairs = dict.fromkeys([(r.model, r.method) for r in self.results]
+                              + [(t.model, t.method) for t in self.trainings])
+        return [{"key": self.row_key(model, method), "model": model, "method": method} for model, method in pairs]
+
+    def seeds(self, row: str, benchmark: str) -> list[SeedResult]:
+        """A row's seeds on one benchmark, ordered by seed (None first), then label."""
+        found = [r for r in self.results if self.row_key(r.model, r.method) == row and r.benchmark == benchmark]
         return sorted(found, key=lambda r: (r.seed is not None, r.seed if r.seed is not None else 0, r.label))
 
-    def training(self, method: str) -> list[TrainingResult]:
-        found = [t for t in self.trainings if t.method == method]
+    def training(self, row: str) -> list[TrainingResult]:
+        found = [t for t in self.trainings if self.row_key(t.model, t.method) == row]
         return sorted(found, key=lambda t: (t.seed is not None, t.seed if t.seed is not None else 0, t.label))
 
 
@@ -88,7 +105,7 @@ def load_runs(run_dirs: list[Path]) -> Runs:
         run = read_json(run_dir / "run.json")
         runs.run_infos.append({"path": str(run_dir), "run": run})
         for label_dir in _label_dirs(run_dir, run):
-            _load_label(run_dir, label_dir, runs)
+            _load_label(run_dir, model_name(run), label_dir, runs)
     if not runs.results:
         raise ReportError(
             f"no finished benchmark in {', '.join(map(str, run_dirs))}: no <label>/<benchmark>/summary.json "
@@ -114,7 +131,13 @@ def _label_dirs(run_dir: Path, run: dict[str, Any]) -> list[Path]:
     return [path for path in ordered + others if path.is_dir() and not path.name.startswith(".")]
 
 
-def _load_label(run_dir: Path, label_dir: Path, runs: Runs) -> None:
+def model_name(run: dict[str, Any]) -> str:
+    """The base model's folder name from run.json (its parent's when the folder is just "model")."""
+    base = Path(str((run.get("config") or {}).get("base_model") or "model"))
+    return base.parent.name if base.name in ("model", "") and base.parent.name else base.name
+
+
+def _load_label(run_dir: Path, model: str, label_dir: Path, runs: Runs) -> None:
     for bench_dir in sorted(path for path in label_dir.iterdir() if path.is_dir()):
         summary_path = bench_dir / "summary.json"
         if not summary_path.is_file():
@@ -129,7 +152,7 @@ def _load_label(run_dir: Path, label_dir: Path, runs: Runs) -> None:
         if summary["metric_kind"] not in ("mean", "corpus"):
             raise ReportError(f"{summary_path}: metric_kind is {summary['metric_kind']!r}; use 'mean' or 'corpus'")
         runs.results.append(SeedResult(
-            run_dir=run_dir, label=str(summary["label"]), method=str(summary["method"]),
+            run_dir=run_dir, model=model, label=str(summary["label"]), method=str(summary["method"]),
             seed=summary.get("seed"), benchmark=str(summary["benchmark"]), summary=summary,
             sample=_read_sample(bench_dir / "items.jsonl", summary["metric_kind"]),
         ))
@@ -138,7 +161,7 @@ def _load_label(run_dir: Path, label_dir: Path, runs: Runs) -> None:
         data = read_json(training_path)
         if "method" not in data:
             raise ReportError(f"{training_path} lacks the field 'method'; see docs/eval_harness_contract.md")
-        runs.trainings.append(TrainingResult(run_dir=run_dir, label=label_dir.name, method=str(data["method"]),
+        runs.trainings.append(TrainingResult(run_dir=run_dir, model=model, label=label_dir.name, method=str(data["method"]),
                                              seed=data.get("seed"), data=data))
 
 

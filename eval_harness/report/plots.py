@@ -34,12 +34,18 @@ def _save(fig, path: Path) -> None:
 
 
 def _colors(results: dict[str, Any]) -> dict[str, str]:
-    """One colour per method in every figure; the baseline is grey."""
+    """One colour per method (the same on every base model) in every figure; the baseline is grey."""
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
                "#17becf"]
-    others = [method for method in results["methods"] if method != results["baseline"]]
-    colors = {method: palette[index % len(palette)] for index, method in enumerate(others)}
-    return {**colors, results["baseline"]: BASELINE_COLOR} if results["baseline"] else colors
+    others = list(dict.fromkeys(row["method"] for row in results["rows"] if not row["is_baseline"]))
+    return {row["key"]: BASELINE_COLOR if row["is_baseline"] else palette[others.index(row["method"]) % len(palette)]
+            for row in results["rows"]}
+
+
+def _names(results: dict[str, Any], keys: list[str]) -> dict[str, str]:
+    """Row keys as plot labels: just the method when the plotted rows share one base model."""
+    one_model = len({results["table"][key]["model"] for key in keys}) <= 1
+    return {key: results["table"][key]["method"] if one_model else key for key in keys}
 
 
 def safe_name(key: str) -> str:
@@ -64,7 +70,9 @@ def benchmark_bars(results: dict[str, Any], bench: dict[str, Any], path: Path) -
         ax.annotate(f"{value:.2f}", (bar.get_x() + bar.get_width() / 2, value + up), ha="center", va="bottom",
                     fontsize=9, xytext=(0, 2), textcoords="offset points")
     ax.set_xticks(range(len(methods)))
-    ax.set_xticklabels([f"{m}\n(baseline)" if m == results["baseline"] else m for m in methods], fontsize=9)
+    baselines = {row["key"] for row in results["rows"] if row["is_baseline"]}
+    names = _names(results, methods)
+    ax.set_xticklabels([f"{names[m]}\n(baseline)" if m in baselines else names[m] for m in methods], fontsize=9)
     unit = " (%)" if bench["percent"] else ""
     ax.set_ylabel(f"{bench['primary_metric']}{unit}")
     ax.set_title(f"{bench['name']}: {bench['primary_metric']} with 95 % bootstrap CI")
@@ -83,10 +91,11 @@ def loss_curves(results: dict[str, Any], path: Path) -> Path | None:
         return None
     plt = _pyplot()
     colors = _colors(results)
+    names = _names(results, list(curves))
     fig, ax = plt.subplots(figsize=(7, 4))
     for method, curve in curves.items():
         mean, std = curve["mean"], curve["std"]
-        ax.plot(curve["steps"], mean, label=f"{method} (n={curve['n_seeds']})", color=colors[method], lw=1.6)
+        ax.plot(curve["steps"], mean, label=f"{names[method]} (n={curve['n_seeds']})", color=colors[method], lw=1.6)
         if curve["n_seeds"] > 1:
             ax.fill_between(curve["steps"], [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             color=colors[method], alpha=0.18, lw=0)
@@ -118,7 +127,8 @@ def efficiency_bars(results: dict[str, Any], path: Path) -> Path | None:
         ax.bar(range(len(methods)), values, yerr=errors, capsize=4,
                color=[colors[m] for m in methods])
         ax.set_xticks(range(len(methods)))
-        ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=9)
+        names = _names(results, methods)
+        ax.set_xticklabels([names[m] for m in methods], rotation=30, ha="right", fontsize=9)
         ax.set_title(title)
         ax.spines[["top", "right"]].set_visible(False)
     fig.suptitle("Efficiency per method (mean over seeds, error bar = std)")

@@ -28,8 +28,19 @@ def _number(value: float | None, percent: bool, digits: int = 2) -> str:
     return f"{value * (100 if percent else 1):.{digits}f}"
 
 
-def _method_name(method: str, baseline: str | None) -> str:
-    return f"{method} (baseline)" if method == baseline else method
+def _multi_model(results: dict[str, Any]) -> bool:
+    return len(results["models"]) > 1
+
+
+def _name_headers(results: dict[str, Any]) -> list[str]:
+    """The row-naming columns: Method, or Model and Method when the runs span several base models."""
+    return ["Model", "Method"] if _multi_model(results) else ["Method"]
+
+
+def _row_names(results: dict[str, Any], key: str) -> list[str]:
+    row = results["table"][key]
+    method = f"{row['method']} (baseline)" if row["method"] == results["baseline"] else row["method"]
+    return [row["model"], method] if _multi_model(results) else [method]
 
 
 def main_table(results: dict[str, Any]) -> Table:
@@ -38,7 +49,7 @@ def main_table(results: dict[str, Any]) -> Table:
     rows = []
     for method in results["methods"]:
         row = results["table"][method]
-        cells = [_method_name(method, results["baseline"]), row["params_display"]]
+        cells = [*_row_names(results, method), row["params_display"]]
         for bench in benches:
             cell = row["benchmarks"].get(bench["key"])
             text = _number(cell["estimate"], bench["percent"]) if cell else "—"
@@ -53,7 +64,8 @@ def main_table(results: dict[str, Any]) -> Table:
     if results["baseline"]:
         caption += (f" * = differs from {results['baseline']} at p < {results['statistics']['significance_level']}"
                     " (paired bootstrap).")
-    return Table("Results (paper layout)", ["Method", "#Params", *[b["name"] for b in benches]], rows, caption)
+    return Table("Results (paper layout)", [*_name_headers(results), "#Params", *[b["name"] for b in benches]],
+                 rows, caption, text_columns=len(_name_headers(results)))
 
 
 def ci_table(results: dict[str, Any]) -> Table:
@@ -61,7 +73,7 @@ def ci_table(results: dict[str, Any]) -> Table:
     benches = results["benchmarks"]
     rows = []
     for method in results["methods"]:
-        cells = [_method_name(method, results["baseline"])]
+        cells = _row_names(results, method)
         for bench in benches:
             cell = results["table"][method]["benchmarks"].get(bench["key"])
             cells.append(_with_ci(cell, bench["percent"]) if cell else "—")
@@ -69,8 +81,8 @@ def ci_table(results: dict[str, Any]) -> Table:
     stats = results["statistics"]
     caption = (f"Estimate [95 % CI]; {stats['interval']}, {stats['n_resamples']} resamples, RNG seed "
                f"{stats['rng_seed']}. n = seeds × items.")
-    return Table("Confidence intervals", ["Method", *[b["name"] for b in benches]], rows, caption,
-                 figures=[f"bars_{b['key']}.png" for b in benches])
+    return Table("Confidence intervals", [*_name_headers(results), *[b["name"] for b in benches]], rows, caption,
+                 figures=[f"bars_{b['key']}.png" for b in benches], text_columns=len(_name_headers(results)))
 
 
 def _with_ci(cell: dict[str, Any], percent: bool) -> str:
@@ -117,13 +129,14 @@ def metric_tables(results: dict[str, Any]) -> list[Table]:
     for bench in results["benchmarks"]:
         per_method = results["all_metrics"].get(bench["key"], {})
         names = bench["metrics"]
-        rows = [[_method_name(method, results["baseline"]),
+        rows = [[*_row_names(results, method),
                  *[_with_ci(per_method[method][name], name in bench["percent_metrics"])
                    if name in per_method[method] else "—" for name in names]]
                 for method in results["methods"] if method in per_method]
         scaled = [name for name in names if name in bench["percent_metrics"]]
         caption = f"×100: {', '.join(scaled)}." if scaled else ""
-        tables.append(Table(f"All metrics: {bench['name']}", ["Method", *names], rows, caption))
+        tables.append(Table(f"All metrics: {bench['name']}", [*_name_headers(results), *names], rows, caption,
+                            text_columns=len(_name_headers(results))))
     return tables
 
 
@@ -133,13 +146,13 @@ def efficiency_table(results: dict[str, Any]) -> Table | None:
         return None
     columns = [("init_time_s", "init time (s)", 1.0, 3), ("step_time_s", "step time (ms)", 1e3, 1),
                ("peak_memory_bytes", "peak memory (MiB)", 1 / 2**20, 1)]
-    has_ratio = results["baseline"] in table
-    headers = ["Method", "#Params"]
+    has_ratio = any(cell.get("ratio_to_baseline") is not None for row in table.values() for cell in row.values())
+    headers = [*_name_headers(results), "#Params"]
     for _, title, _, _ in columns:
         headers += [title, f"× {results['baseline']}"] if has_ratio else [title]
     rows = []
     for method, row in table.items():
-        cells = [_method_name(method, results["baseline"]), results["table"][method]["params_display"]]
+        cells = [*_row_names(results, method), results["table"][method]["params_display"]]
         for name, _, scale, digits in columns:
             cell = row.get(name)
             text = "—" if cell is None else f"{cell['mean'] * scale:.{digits}f}"
@@ -154,7 +167,7 @@ def efficiency_table(results: dict[str, Any]) -> Table | None:
     if not has_ratio and results["baseline"]:
         caption += f" No ratios: the baseline {results['baseline']} has no training.json."
     return Table("Efficiency and training loss", headers, rows, caption,
-                 figures=["efficiency.png", "loss_curves.png"])
+                 figures=["efficiency.png", "loss_curves.png"], text_columns=len(_name_headers(results)))
 
 
 def run_tables(results: dict[str, Any]) -> list[Table]:
@@ -202,7 +215,9 @@ def render_markdown(results: dict[str, Any], figures: dict[str, str]) -> str:
 
 def _header_text(results: dict[str, Any]) -> str:
     baseline = results["baseline"] or "none (pass --baseline METHOD for significance tests and ratios)"
-    return (f"{len(results['methods'])} methods × {len(results['benchmarks'])} benchmarks from "
+    methods = len({row["method"] for row in results["rows"]})
+    models = f" on {len(results['models'])} base models" if _multi_model(results) else ""
+    return (f"{methods} methods{models} × {len(results['benchmarks'])} benchmarks from "
             f"{len(results['runs'])} run director{'y' if len(results['runs']) == 1 else 'ies'}; "
             f"baseline: {baseline}; generated {results['generated']}.")
 
@@ -240,7 +255,7 @@ td.wrap { white-space: normal; text-align: left; max-width: 32em; }
 <h2>{{ table.title }}</h2>
 <div class="scroll"><table>
 <tr>{% for h in table.headers %}<th class="{{ 'text' if loop.index0 < table.text_columns else 'num' }}">{{ h }}</th>{% endfor %}</tr>
-{% for row in table.rows %}<tr{% if row[0].endswith('(baseline)') %} class="baseline"{% endif %}>
+{% for row in table.rows %}<tr{% if row[table.text_columns - 1].endswith('(baseline)') %} class="baseline"{% endif %}>
 {% for cell in row %}<td class="{{ 'text' if loop.index0 < table.text_columns else 'num' }}{{ ' wrap' if cell|length > 48 }}">{{ cell|cell_html }}</td>{% endfor %}</tr>
 {% endfor %}</table></div>
 {% if table.caption %}<p class="caption">{{ table.caption }}</p>{% endif %}
