@@ -246,3 +246,24 @@ def test_importing_the_report_loads_no_model_library():
     code = "import sys, eval_harness.report; print(sorted({'torch', 'transformers', 'peft'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_runs_on_two_base_models_get_a_model_column_and_per_model_baselines(tmp_path):
+    rng = np.random.default_rng(1)
+    runs = []
+    for model, params in (("llama-tiny", 1_000_000), ("mistral-tiny", 2_000_000)):
+        run = write_run_json(tmp_path / model, [("lora", "LoRA", None), ("nlora", "NLoRA", None)],
+                             base_model=f"/models/{model}")
+        for label, method, rate in (("lora", "LoRA", 0.3), ("nlora", "NLoRA", 0.6)):
+            write_mean_result(run, label, method, None, "gsm8k", binary_scores(rate, 300, rng),
+                              trainable_params=params + (0 if method == "LoRA" else 1000))
+        runs.append(run)
+    output = build_report(runs, tmp_path / "out", baseline="LoRA", n_resamples=RESAMPLES)
+    results = read_json(output / "results.json")
+    assert results["methods"] == ["llama-tiny / LoRA", "llama-tiny / NLoRA", "mistral-tiny / LoRA",
+                                  "mistral-tiny / NLoRA"]
+    assert results["significance"]["gsm8k"]["mistral-tiny / NLoRA"]["baseline_row"] == "mistral-tiny / LoRA"
+    markdown = (output / "report.md").read_text()
+    assert "| Model | Method | #Params | GSM8K |" in markdown
+    assert "| mistral-tiny | NLoRA | 2.00M |" in markdown and "| llama-tiny | LoRA (baseline) | 1.00M |" in markdown
+    assert not results["warnings"]
