@@ -125,6 +125,9 @@ def _benchmark_info(runs: Runs, key: str) -> dict[str, Any]:
     if len(primaries) > 1 or len(kinds) > 1:
         raise ReportError(f"benchmark {key!r}: runs disagree on primary_metric {primaries} or metric_kind {kinds}; "
                           "report runs scored the same way together")
+    if kinds[0] == "corpus" and not _in_metrics(primaries[0]):
+        raise ReportError(f"benchmark {key!r}: primary_metric {primaries[0]!r} of a corpus metric is not in "
+                          "eval_harness.metrics.METRICS, so it cannot be recomputed on resamples; use one of its keys")
     metrics = list(dict.fromkeys(name for s in summaries for name in s["metrics"]))
     return {"key": key, "name": benchmark_name(key), "primary_metric": primaries[0], "metric_kind": kinds[0],
             "percent": is_percent(primaries[0]), "metrics": metrics,
@@ -146,11 +149,8 @@ def _all_metrics(seeds: list[SeedResult], n_resamples: int, rng_seed: int,
             continue
         cell = {"estimate": float(np.mean(values)), "ci_low": None, "ci_high": None, "n_seeds": len(values),
                 "seed_values": values, "labels": [s.label for s in seeds], "n_items": None}
-        recomputable = kind == "corpus" or name == primary
+        recomputable = _in_metrics(name) if kind == "corpus" else name == primary
         if recomputable and all(sample is not None for sample in samples) and len(values) == len(seeds):
-            if kind == "corpus" and not _in_metrics(name):
-                cells[name] = cell
-                continue
             interval = bootstrap_ci(samples, name if kind == "corpus" else None,
                                     n_resamples=n_resamples, seed=rng_seed)
             cell.update(ci_low=interval.low, ci_high=interval.high, n_items=[len(sample) for sample in samples])

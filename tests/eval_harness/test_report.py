@@ -27,14 +27,20 @@ REPO = Path(__file__).resolve().parents[2]
 RESAMPLES = 200
 
 
-@pytest.fixture(autouse=True)
-def corpus_metrics(monkeypatch):
-    """The project's METRICS when it exists, else sklearn/scipy versions (these tests are about the report)."""
+def metrics_stand_in() -> types.ModuleType | None:
+    """sklearn/scipy corpus metrics when the project's eval_harness.metrics is not there (the report is under test)."""
     try:
         import eval_harness.metrics  # noqa: F401
     except ImportError:
         module = types.ModuleType("eval_harness.metrics")
         module.METRICS = reference_metrics()
+        return module
+    return None
+
+
+@pytest.fixture(autouse=True)
+def corpus_metrics(monkeypatch):
+    if (module := metrics_stand_in()) is not None:
         monkeypatch.setitem(sys.modules, "eval_harness.metrics", module)
 
 
@@ -70,19 +76,11 @@ def make_runs(root: Path, *, n_items: int = 600) -> list[Path]:
 def built(tmp_path_factory):
     """One report built for the read-only tests below (the bootstrap is the slow part)."""
     root = tmp_path_factory.mktemp("report")
-    module = None
-    try:
-        import eval_harness.metrics  # noqa: F401
-    except ImportError:
-        module = types.ModuleType("eval_harness.metrics")
-        module.METRICS = reference_metrics()
-        sys.modules["eval_harness.metrics"] = module
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        if (module := metrics_stand_in()) is not None:
+            patch.setitem(sys.modules, "eval_harness.metrics", module)
         runs = make_runs(root)
         output = build_report(runs, root / "out", baseline="LoRA", n_resamples=RESAMPLES)
-    finally:
-        if module is not None:
-            sys.modules.pop("eval_harness.metrics", None)
     return runs, output
 
 
@@ -267,3 +265,13 @@ def test_runs_on_two_base_models_get_a_model_column_and_per_model_baselines(tmp_
     assert "| Model | Method | #Params | GSM8K |" in markdown
     assert "| mistral-tiny | NLoRA | 2.00M |" in markdown and "| llama-tiny | LoRA (baseline) | 1.00M |" in markdown
     assert not results["warnings"]
+
+
+def test_corpus_primary_metric_must_be_recomputable(tmp_path):
+    run = write_run_json(tmp_path / "run", [("lora", "LoRA", None)])
+    write_corpus_result(run, "lora", "LoRA", None, "glue_rte", [1, 0, 1], [1, 1, 1], metrics=["accuracy"],
+                        primary="accuracy")
+    summary = run / "lora" / "glue_rte" / "summary.json"
+    summary.write_text(summary.read_text().replace('"primary_metric": "accuracy"', '"primary_metric": "bleu"'))
+    with pytest.raises(ReportError, match="primary_metric 'bleu' of a corpus metric is not in"):
+        build_report([run], tmp_path / "out")
