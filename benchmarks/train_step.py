@@ -7,13 +7,14 @@ the same torch thread count.
   round, the order rotating), so load from other processes on a shared machine hits them alike. The
   table reports each method's median step time after warm-up and the median of its per-round ratio to
   LoRA's step in the same round.
-- Memory: each method runs a few steps in a fresh subprocess: the training peak RSS above the RSS just
-  before the first step (the kernel's high-water mark is reset there: activations, gradients and
-  optimizer state), the process's peak RSS, and the exact bytes of trainable parameters + gradients +
-  AdamW state.
+- Memory: each method runs a few steps in fresh subprocesses (median of --memory-rounds): the training
+  peak RSS above the RSS just before the first step (the kernel's high-water mark is reset there:
+  activations, gradients and optimizer state), the process's peak RSS, and the exact bytes of
+  trainable parameters + gradients + AdamW state.
 
     python -m benchmarks.train_step [--hidden 512] [--layers 4] [--r 16] [--batch 4] [--seq 128]
-                                    [--steps 20] [--warmup 2] [--memory-steps 3] [--threads 2] [--plot F.png]
+                                    [--steps 20] [--warmup 2] [--memory-steps 3] [--memory-rounds 2]
+                                    [--threads 2] [--plot F.png]
 """
 
 from __future__ import annotations
@@ -163,6 +164,16 @@ def run_memory_worker(method: str, args: argparse.Namespace) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def median_memory(runs: list[dict]) -> dict:
+    """Median over fresh-process runs of each memory figure (RSS varies run to run by a few percent)."""
+    peaks = [run["training_peak_kib"] for run in runs]
+    return {
+        **runs[0],
+        "training_peak_kib": None if None in peaks else statistics.median(peaks),
+        "process_peak_kib": statistics.median(run["process_peak_kib"] for run in runs),
+    }
+
+
 def mib(kib: float | None) -> str:
     return "n/a" if kib is None else f"{kib / 1024:.0f}"
 
@@ -188,8 +199,8 @@ def report(times: dict[str, dict], memory: dict[str, dict], args: argparse.Names
         f"\nLlama hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, r = {args.r} on all linear "
         f"layers, batch {args.batch} x seq {args.seq}, AdamW, float32, CPU, {args.threads} threads. Time: median "
         f"of {args.steps} interleaved steps after {args.warmup} warm-up (x LoRA: median of per-round ratios). "
-        f"Memory: fresh process per method, {args.memory_steps} steps; training peak = peak RSS during the steps "
-        "- RSS before them."
+        f"Memory: median of {args.memory_rounds} fresh processes per method, {args.memory_steps} steps each; "
+        "training peak = peak RSS during the steps - RSS before them."
     )
     for method, goal in GOALS.items():
         if method in times:
@@ -248,6 +259,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--memory-steps", type=int, default=3, help="steps of each memory run (default 3)")
     parser.add_argument(
+        "--memory-rounds",
+        type=int,
+        default=2,
+        help="fresh-process memory runs per method, median kept (default 2)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=2, help="torch.set_num_threads in every run (default 2)"
     )
     parser.add_argument(
@@ -262,11 +279,21 @@ def parse_args() -> argparse.Namespace:
     if not 1 <= args.r <= args.hidden:
         parser.error(f"--r {args.r}: use 1 <= r <= hidden ({args.hidden})")
     if (
-        min(args.layers, args.batch, args.seq, args.vocab, args.steps, args.memory_steps, args.threads) < 1
+        min(
+            args.layers,
+            args.batch,
+            args.seq,
+            args.vocab,
+            args.steps,
+            args.memory_steps,
+            args.memory_rounds,
+            args.threads,
+        )
+        < 1
         or args.warmup < 0
     ):
         parser.error(
-            "--layers, --batch, --seq, --vocab, --steps, --memory-steps and --threads must be positive"
+            "--layers, --batch, --seq, --vocab, --steps, --memory-steps, --memory-rounds, --threads must be positive"
         )
     if BASELINE not in args.methods:
         args.methods.insert(0, BASELINE)  # every ratio needs the baseline of the same run
@@ -278,10 +305,12 @@ def main() -> None:
     if args.worker:
         memory_worker(args)
         return
-    memory = {}
-    for method in args.methods:
-        print(f"memory run: {method}", file=sys.stderr, flush=True)
-        memory[method] = run_memory_worker(method, args)
+    memory_runs: dict[str, list[dict]] = {method: [] for method in args.methods}
+    for round_index in range(args.memory_rounds):
+        for method in args.methods:
+            print(f"memory run {round_index + 1}/{args.memory_rounds}: {method}", file=sys.stderr, flush=True)
+            memory_runs[method].append(run_memory_worker(method, args))
+    memory = {method: median_memory(runs) for method, runs in memory_runs.items()}
     times = time_interleaved(args)
     print(report(times, memory, args))
     if args.plot:
