@@ -215,13 +215,13 @@ def _two_level_draws(lengths: Sequence[int], evaluate: Callable[[int, np.ndarray
     picks = rng.integers(n_seeds, size=(n_resamples, n_seeds))
     per_slot = np.empty((n_resamples, n_seeds))
     for seed_index, length in enumerate(lengths):
-        chunk = max(1, MAX_INDICES_PER_CHUNK // length)  # bounded memory for large test sets
-        values = np.concatenate([
-            evaluate(seed_index, rng.integers(length, size=(min(chunk, n_resamples * n_seeds - start), length)))
-            for start in range(0, n_resamples * n_seeds, chunk)
-        ]).reshape(n_resamples, n_seeds)
         chosen = picks == seed_index
-        per_slot[chosen] = values[chosen]
+        draws = int(chosen.sum())  # only the slots that drew this seed need its items resampled
+        chunk = max(1, MAX_INDICES_PER_CHUNK // length)  # bounded memory for large test sets
+        values = [evaluate(seed_index, rng.integers(length, size=(min(chunk, draws - start), length), dtype=np.int32))
+                  for start in range(0, draws, chunk)]
+        if values:
+            per_slot[chosen] = np.concatenate(values)
     return per_slot.mean(axis=1)
 
 
