@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from eval_harness.versions import package_versions
+
 from .load import ReportError, Runs, SeedResult
 from .stats import CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_ci, paired_test
 
@@ -28,6 +30,7 @@ BENCHMARK_NAMES = {
 }
 EFFICIENCY_FIELDS = ("init_time_s", "step_time_s", "peak_memory_bytes")
 SIGNIFICANCE_LEVEL = 0.05
+REPORT_PACKAGES = ("nlora", "numpy", "scipy", "matplotlib", "jinja2")  # what computed and drew this report
 
 
 def is_percent(metric: str) -> bool:
@@ -113,6 +116,7 @@ def compare(runs: Runs, baseline: str | None, *, n_resamples: int = DEFAULT_RESA
         "efficiency": _efficiency(runs, keys, baseline_of),
         "loss_curves": {key: curve for key in keys if (curve := _loss_curve(runs, key))},
         "runs": [_run_record(info) for info in runs.run_infos],
+        "report_versions": package_versions(REPORT_PACKAGES),
         "skipped": runs.skipped,
         "warnings": warnings,
     }

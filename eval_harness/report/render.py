@@ -178,10 +178,10 @@ def run_tables(results: dict[str, Any]) -> list[Table]:
         rows.append([run["path"], str(run.get("created") or "—"), " ".join(run.get("command") or []) or "—",
                      str(config.get("notes") or "")])
     tables = [Table("Runs", ["Run directory", "Created", "Command", "Notes"], rows,
-                    "The full configs are in results.json (runs[].config).", text_columns=4)]
+                    "The full configs: Run configs below, and runs[].config in results.json.", text_columns=4)]
     packages = sorted({name for run in results["runs"] for name in (run.get("versions") or {})})
     if packages:
-        version_rows = [[name, *[str((run.get("versions") or {}).get(name, "—")) for run in results["runs"]]]
+        version_rows = [[name, *[str((run.get("versions") or {}).get(name) or "—") for run in results["runs"]]]
                         for name in packages]
         tables.append(Table("Package versions", ["Package", *[run["path"] for run in results["runs"]]],
                             version_rows))
