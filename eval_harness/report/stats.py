@@ -158,12 +158,11 @@ class MetricEvaluator:
     def __init__(self, name: str | None, corpus: bool) -> None:
         self.name = name
         self.corpus = corpus
-        self._batched: Callable | None = None
-        self._checked = False
+        self._batched: Callable | None = None  # chosen on the first sample, then reused
 
     def _corpus_batched(self, sample: Sample) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         """The numpy version when it matches METRICS on this sample, else a loop over METRICS."""
-        if self._batched is not None and self._checked:
+        if self._batched is not None:
             return self._batched
         reference = corpus_metric(self.name)
         batched = BATCHED_METRICS.get(self.name)
@@ -180,7 +179,7 @@ class MetricEvaluator:
         if batched is None:
             def batched(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
                 return np.array([reference(p.tolist(), g.tolist()) for p, g in zip(pred, gold)], dtype=float)
-        self._batched, self._checked = batched, True
+        self._batched = batched
         return batched
 
     def on_full(self, sample: Sample) -> float:
