@@ -364,17 +364,6 @@ def pair_score(verdict_ab: str | None, verdict_ba: str | None) -> float:
     return {"A": 1.0, "B": 0.0, "tie": 0.5}[verdict_ab]
 
 
-def run_after_models(settings: MTBenchSettings, *, labels: list[str], run_dir: Path) -> list[dict[str, Any]]:
-    """Mode `both`: every model against `baseline_label`, once every model has its answers."""
-    if settings.mode != "both":
-        return []
-    if settings.baseline_label not in labels:
-        raise ConfigError(f"benchmarks.mt_bench.baseline_label: {settings.baseline_label!r} is not one of the "
-                          f"model labels ({', '.join(labels)})")
-    return [run_pairwise(settings, label_a=label, label_b=settings.baseline_label, run_dir=run_dir)
-            for label in labels if label != settings.baseline_label]
-
-
 def _answers(out_dir: Path) -> dict[int, list[str]]:
     return {int(record["id"]): record["turns"] for record in ItemLog(out_dir / "answers.jsonl").records()}
 

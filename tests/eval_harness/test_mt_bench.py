@@ -59,12 +59,13 @@ def fake_judge() -> Iterator[FakeJudge]:
 
 @dataclass
 class ScriptedGenerator:
+    prefix: str = "answer"
     calls: list[list[str]] = field(default_factory=list)
 
     def generate(self, prompts, *, max_new_tokens, temperature=0.0, top_p=1.0, num_samples=1, stop=(), seed=0,
                  desc="generate"):
         self.calls.append(list(prompts))
-        return [[f"answer #{len(self.calls)}-{i}"] for i in range(len(prompts))]
+        return [[f"{self.prefix} #{len(self.calls)}-{i}"] for i in range(len(prompts))]
 
 
 @dataclass
@@ -178,11 +179,21 @@ def test_unparsable_judgments_are_kept_but_not_scored(fake_judge, tmp_path):
 
 def test_pairwise_judges_both_orders(fake_judge, tmp_path):
     s = settings(fake_judge.base_url, limit=2, mode="both", baseline_label="base")
-    mt_bench.run(s, model=FakeModel(label="base", method="base"), out_dir=tmp_path / "base" / "mt_bench")
-    mt_bench.run(s, model=FakeModel(label="tuned"), out_dir=tmp_path / "tuned" / "mt_bench")
+    mt_bench.run(s, model=FakeModel(label="base", method="base", generator=ScriptedGenerator("BASE")),
+                 out_dir=tmp_path / "base" / "mt_bench")
+    mt_bench.run(s, model=FakeModel(label="tuned", generator=ScriptedGenerator("TUNED")),
+                 out_dir=tmp_path / "tuned" / "mt_bench")
     fake_judge.requests.clear()
     fake_judge.reply = lambda body: "[[A]]"  # always the first position: position bias, so every pair ties
-    summaries = mt_bench.run_after_models(s, labels=["base", "tuned"], run_dir=tmp_path)
-    assert len(summaries) == 1 and summaries[0]["benchmark"] == "mt_bench_vs_base"
+    summary = mt_bench.run_pairwise(s, label_a="tuned", label_b="base", run_dir=tmp_path)
+    assert summary["benchmark"] == "mt_bench_vs_base" and summary["method"] == "NLoRA"
     assert len(fake_judge.requests) == 2 * 2 * 2  # questions × turns × orders
-    assert summaries[0]["metrics"]["tie_rate"] == 1.0
+    assert summary["metrics"]["tie_rate"] == 1.0
+    def prefer_tuned(body: dict) -> str:
+        content = body["messages"][1]["content"]
+        return "[[A]]" if content.index("TUNED") < content.index("BASE") else "[[B]]"
+
+    fake_judge.reply = prefer_tuned
+    fake_judge.requests.clear()
+    (tmp_path / "tuned" / "mt_bench_vs_base" / "judgments.jsonl").unlink()
+    assert mt_bench.run_pairwise(s, label_a="tuned", label_b="base", run_dir=tmp_path)["metrics"]["win_rate"] == 1.0
