@@ -46,6 +46,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "math": Benchmark("math", "eval_harness.tasks.gsm8k_math", "MATH"),
     "humaneval": Benchmark("humaneval", "eval_harness.tasks.code", "HUMANEVAL"),
     "mbpp": Benchmark("mbpp", "eval_harness.tasks.code", "MBPP"),
+    "mt_bench": Benchmark("mt_bench", "eval_harness.tasks.mt_bench"),
 }
 
 
@@ -103,9 +104,15 @@ class EvalConfig:
         )
 
 
+SECRET_FIELDS = ("api_key",)  # read from the environment; never written to run.json
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Mapping):
-        return {str(key): _jsonable(value) for key, value in obj.items()}
+        return {
+            str(key): ("<redacted>" if value is not None else None) if key in SECRET_FIELDS else _jsonable(value)
+            for key, value in obj.items()
+        }
     if isinstance(obj, (list, tuple)):
         return [_jsonable(value) for value in obj]
     if isinstance(obj, Path):
@@ -219,6 +226,7 @@ def parse_config(data: Any, *, base_dir: Path) -> EvalConfig:
     models = _parse_models(top["models"], base_dir=base_dir)
     generation = _parse_generation(top.get("generation"))
     benchmarks = _parse_benchmarks(top["benchmarks"], base_dir=base_dir)
+    _check_mt_bench_baseline(benchmarks, models)
     report = check_fields(top.get("report"), where="report", allowed=("baseline",))
     baseline = report.get("baseline")
     notes = top.get("notes")
@@ -333,3 +341,16 @@ def _parse_benchmarks(section: Any, *, base_dir: Path) -> dict[str, Any]:
         task = BENCHMARKS[key].load()
         parsed[key] = task.parse_section(value or {}, where=f"benchmarks.{key}", base_dir=base_dir)
     return parsed
+
+
+def _check_mt_bench_baseline(benchmarks: Mapping[str, Any], models: tuple[ModelEntry, ...]) -> None:
+    """MT-Bench pairwise mode compares every entry with one of them: that label must exist."""
+    settings = benchmarks.get("mt_bench")
+    if settings is None or settings.mode != "both":
+        return
+    labels = [entry.label for entry in models]
+    if settings.baseline_label not in labels:
+        raise ConfigError(
+            f"benchmarks.mt_bench.baseline_label: {settings.baseline_label!r} is not a model label; "
+            f"use one of {labels}"
+        )

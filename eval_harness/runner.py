@@ -76,11 +76,30 @@ def run_config(config: EvalConfig, output: Path, *, command: list[str]) -> list[
             )
             summaries.append(summary)
         handle.release()
+    if "mt_bench" in config.benchmarks and config.benchmarks["mt_bench"].mode == "both":
+        summaries.extend(run_mt_bench_pairwise(config, output))
     for key, settings in config.benchmarks.items():
         if not BENCHMARKS[key].per_model:
             started = time.perf_counter()
             summaries.extend(BENCHMARKS[key].load().run_all(settings, run_dir=output))
             logger.info("%s: done (%.1f s)", key, time.perf_counter() - started)
+    return summaries
+
+
+def run_mt_bench_pairwise(config: EvalConfig, output: Path) -> list[dict[str, Any]]:
+    """MT-Bench mode `both`: every other label's answers against `baseline_label`'s, judged in both orders."""
+    settings = config.benchmarks["mt_bench"]
+    task = BENCHMARKS["mt_bench"].load()
+    summaries = []
+    for entry in config.models:
+        if entry.label == settings.baseline_label:
+            continue
+        done = output / entry.label / f"mt_bench_vs_{settings.baseline_label}" / "summary.json"
+        if done.is_file():
+            summaries.append(read_json(done))
+            continue
+        summaries.append(task.run_pairwise(settings, label_a=entry.label, label_b=settings.baseline_label,
+                                           run_dir=output))
     return summaries
 
 

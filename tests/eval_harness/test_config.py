@@ -115,3 +115,28 @@ def test_explicit_method_wins(eval_dir):
     shutil.copytree(eval_dir / "lora", eval_dir / "exported")
     config = _load(eval_dir, models=[{"label": "x", "adapter": "exported", "method": "NLoRA"}])
     assert config.models[0].method == "NLoRA"
+
+
+def test_secrets_never_reach_run_json(eval_dir):
+    from dataclasses import dataclass, replace
+
+    @dataclass(frozen=True)
+    class JudgeLike:
+        base_url: str = "http://127.0.0.1:8000/v1"
+        api_key: str | None = "sk-secret-123"
+
+    config = _load(eval_dir)
+    config = replace(config, benchmarks={**config.benchmarks, "judge_like": {"judge": JudgeLike()}})
+    text = json.dumps(config.as_dict())
+    assert "sk-secret-123" not in text
+    assert config.as_dict()["benchmarks"]["judge_like"]["judge"] == {
+        "base_url": "http://127.0.0.1:8000/v1", "api_key": "<redacted>"}
+
+
+def test_mt_bench_pairwise_baseline_must_be_a_label(eval_dir):
+    judge = {"base_url": "http://127.0.0.1:9/v1", "model": "judge", "api_key_env": None}
+    section = {"judge": judge, "mode": "both", "baseline_label": "lora", "limit": 2}
+    config = _load(eval_dir, benchmarks={"mt_bench": section})
+    assert config.benchmarks["mt_bench"].baseline_label == "lora"
+    with pytest.raises(ConfigError, match=r"^benchmarks\.mt_bench\.baseline_label: 'LoRA' is not a model label"):
+        _load(eval_dir, benchmarks={"mt_bench": {**section, "baseline_label": "LoRA"}})

@@ -37,9 +37,14 @@ PAPER_DATA_FIXTURES = {"math": FIXTURES / "math" / "test.jsonl", "mbpp": FIXTURE
 
 @pytest.mark.parametrize(
     ("name", "benchmarks"),
-    [("paper_llama2_7b_math.yaml", {"gsm8k", "math"}), ("paper_llama2_7b_code.yaml", {"humaneval", "mbpp"})],
+    [
+        ("paper_llama2_7b_math.yaml", {"gsm8k", "math"}),
+        ("paper_llama2_7b_code.yaml", {"humaneval", "mbpp"}),
+        ("paper_llama2_7b_mt_bench.yaml", {"mt_bench"}),
+    ],
 )
-def test_paper_config_validates_on_stub_folders(tmp_path, name, benchmarks):
+def test_paper_config_validates_on_stub_folders(tmp_path, monkeypatch, name, benchmarks):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-only")
     path = _copy_example(name, tmp_path)
     raw = yaml.safe_load(path.read_text())
     here = path.parent

@@ -108,3 +108,29 @@ def test_format_table():
         "lora   0.5000  -     ",
         "nlora  -       0.2500",
     ]
+
+
+def test_mt_bench_pairwise_runs_every_other_label_once(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from eval_harness.config import BENCHMARKS, ModelEntry
+    from eval_harness.results import atomic_write_json
+    from eval_harness.runner import run_mt_bench_pairwise
+
+    calls = []
+
+    def run_pairwise(settings, *, label_a, label_b, run_dir):
+        calls.append((label_a, label_b))
+        summary = {"label": label_a, "benchmark": f"mt_bench_vs_{label_b}"}
+        atomic_write_json(run_dir / label_a / f"mt_bench_vs_{label_b}" / "summary.json", summary)
+        return summary
+
+    monkeypatch.setattr(type(BENCHMARKS["mt_bench"]), "load", lambda self: SimpleNamespace(run_pairwise=run_pairwise))
+    config = SimpleNamespace(
+        benchmarks={"mt_bench": SimpleNamespace(mode="both", baseline_label="lora")},
+        models=[ModelEntry("lora", "LoRA"), ModelEntry("nlora", "NLoRA"), ModelEntry("pissa", "PiSSA")],
+    )
+    first = run_mt_bench_pairwise(config, tmp_path)
+    assert calls == [("nlora", "lora"), ("pissa", "lora")]
+    assert run_mt_bench_pairwise(config, tmp_path) == first  # finished comparisons are not judged again
+    assert len(calls) == 2
