@@ -10,9 +10,11 @@ import shutil
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from nlora_plugin import NLoraConfig, cli, export
+import nlora_plugin
+from nlora_plugin import NLoraConfig, cli
 
 from .conftest import tiny_llama
 from .test_peft_integration import perturb_trainable
@@ -86,17 +88,18 @@ def test_export_lora_is_exact_and_loads_with_stock_peft(tmp_path, capsys, base_d
 
 
 def test_export_lora_check_fails_on_a_wrong_export(tmp_path, capsys, monkeypatch, base_dir, nlora_adapter):
-    """The verification is real: an export that forgets to fold N into A is caught (exit status 1)."""
-    unfolded = export.get_peft_model_state_dict
-    monkeypatch.setattr(
-        export,
-        "lora_state_dict",
-        lambda model, adapter_name: {
-            key: value
-            for key, value in unfolded(model, adapter_name=adapter_name).items()
-            if "lora_N" not in key
-        },
-    )
+    """The verification is real: an export whose lora_B is off by a factor 2 is caught (exit status 1)."""
+    real_export = nlora_plugin.export_lora
+
+    def wrong_export(model, output_dir, **kwargs):
+        out = real_export(model, output_dir, **kwargs)
+        tensors = load_file(out / "adapter_model.safetensors")
+        save_file(
+            {k: 2 * v if "lora_B" in k else v for k, v in tensors.items()}, out / "adapter_model.safetensors"
+        )
+        return out
+
+    monkeypatch.setattr(nlora_plugin, "export_lora", wrong_export)
     code, out, err = run_cli(
         capsys,
         "export-lora",
