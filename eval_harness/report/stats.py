@@ -120,7 +120,8 @@ def _batched_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     x = x.astype(float) - x.mean(axis=1, keepdims=True)
     y = y.astype(float) - y.mean(axis=1, keepdims=True)
     denominator = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
-    return np.divide((x * y).sum(axis=1), denominator, out=np.full(len(x), np.nan), where=denominator > 0)
+    # 0 when one side is constant (a resample of equal labels), as METRICS defines it.
+    return np.divide((x * y).sum(axis=1), denominator, out=np.zeros(len(x)), where=denominator > 0)
 
 
 def _batched_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:

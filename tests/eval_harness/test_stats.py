@@ -151,6 +151,9 @@ def test_batched_metrics_match_the_project_metrics(name):
         pred = gold + rng.normal(0, 1, 80)
     value = BATCHED_METRICS[name](pred[None, :], gold[None, :])[0]
     assert value == pytest.approx(metrics[name](pred.tolist(), gold.tolist()))
+    constant = np.full_like(pred, pred[0])  # undefined correlations: both sides must agree on the value
+    value = BATCHED_METRICS[name](constant[None, :], gold[None, :])[0]
+    assert value == pytest.approx(metrics[name](constant.tolist(), gold.tolist()))
 
 
 def test_corpus_ci_recomputes_f1_and_contains_the_population_value(stub_metrics):
