@@ -14,7 +14,8 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -396,23 +397,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(quiet: bool) -> None:
-    """Progress messages of this command and of nlora_plugin on stderr (other libraries keep their settings)."""
+@contextmanager
+def cli_logging(quiet: bool) -> Iterator[None]:
+    """Progress messages of this command and of nlora_plugin on stderr while the command runs.
+
+    Other libraries keep their settings, and the loggers are put back afterwards (main() may run in-process).
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("nlora: %(message)s"))
-    for name in ("nlora", "nlora_plugin"):
-        package_logger = logging.getLogger(name)
-        package_logger.handlers = [handler]
-        package_logger.setLevel(logging.WARNING if quiet else logging.INFO)
-        package_logger.propagate = False
+    loggers = [logging.getLogger(name) for name in ("nlora", "nlora_plugin")]
+    saved = [(each.handlers, each.level, each.propagate) for each in loggers]
+    for each in loggers:
+        each.handlers = [handler]
+        each.setLevel(logging.WARNING if quiet else logging.INFO)
+        each.propagate = False
+    try:
+        yield
+    finally:
+        for each, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+            each.handlers, each.propagate = handlers, propagate
+            each.setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(quiet=args.quiet)
     try:
-        return args.handler(args)
+        with cli_logging(quiet=args.quiet):
+            return args.handler(args)
     except (CliError, FileExistsError) as error:
         parser.exit(2, f"nlora {args.command}: error: {error}\n")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -228,6 +229,7 @@ def test_init_bench_prints_every_method_and_the_goals(tmp_path, capsys):
     assert re.search(r"goal NLoRA/LoRA <= 1.10: \d+\.\d\d -> (met|MISSED)", out)
     assert re.search(r"goal PiSSA/NLoRA >= 50: \d+ -> (met|MISSED)", out)
     assert (tmp_path / "init.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert logging.getLogger("nlora_plugin").propagate  # the command's log handler is gone again
 
 
 @pytest.mark.parametrize(
