@@ -77,3 +77,11 @@ def test_a_crash_during_export_leaves_no_folder(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         export_lora(model, tmp_path / "lora")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_exported_folder_has_ordinary_permissions(tmp_path):
+    model = get_peft_model(tiny_llama(), NLoraConfig(r=4, target_modules=["q_proj"]))
+    out = export_lora(model, tmp_path / "lora")
+    umask = __import__("os").umask(0)
+    __import__("os").umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
