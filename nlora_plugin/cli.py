@@ -256,6 +256,7 @@ def _atomic_copy(source: Path, target: Path) -> None:
     os.close(handle)
     try:
         shutil.copyfile(source, temporary)
+        shutil.copymode(source, temporary)  # mkstemp creates 0600 files; keep the base's permissions
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

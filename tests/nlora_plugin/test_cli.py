@@ -141,6 +141,9 @@ def test_merge_matches_the_adapter_model_and_copies_the_tokenizer(
     with torch.no_grad():
         assert torch.allclose(merged(input_ids).logits, model(input_ids).logits, atol=1e-5)
     assert (tmp_path / "merged" / TOKENIZER_SOURCE).read_bytes() == (base_dir / TOKENIZER_SOURCE).read_bytes()
+    assert (tmp_path / "merged" / TOKENIZER_SOURCE).stat().st_mode == (
+        base_dir / TOKENIZER_SOURCE
+    ).stat().st_mode
     assert "vocab.txt" in out
 
 
