@@ -10,10 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -250,27 +247,9 @@ def cmd_export_lora(args: argparse.Namespace) -> int:
     return 0
 
 
-def _atomic_copy(source: Path, target: Path) -> None:
-    """Copy a file so that `target` is either absent or complete."""
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp-")
-    os.close(handle)
-    try:
-        shutil.copyfile(source, temporary)
-        shutil.copymode(source, temporary)  # mkstemp creates 0600 files; keep the base's permissions
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def copy_tokenizer(base: Path, output: Path) -> list[str]:
-    """Copy the tokenizer files the base folder has into `output`; returns their names."""
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (base / name).is_file():
-            _atomic_copy(base / name, output / name)
-            copied.append(name)
-    return copied
+def tokenizer_files(base: Path) -> list[Path]:
+    """The tokenizer files the base folder has (`merge` writes them with the merged weights)."""
+    return [base / name for name in TOKENIZER_FILES if (base / name).is_file()]
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -282,10 +261,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     model = load_adapter(load_base(args.base, config.get("task_type"), args.dtype), args.adapter)
     logger.info("merging %s adapter into the base weights, writing %s", config["peft_type"], args.output)
-    save_merged(model, args.output, overwrite=args.overwrite)
-    copied = copy_tokenizer(args.base, args.output)
+    copied = tokenizer_files(args.base)
+    save_merged(model, args.output, overwrite=args.overwrite, extra_files=copied)
     print(f"merged {config['peft_type']} adapter {args.adapter} into {args.base} -> {args.output}")
-    print(f"tokenizer files copied: {', '.join(copied) if copied else 'none found in --base'}")
+    print(f"tokenizer files copied: {', '.join(p.name for p in copied) if copied else 'none found in --base'}")
     return 0
 
 

@@ -9,6 +9,8 @@ the fine-tune is s·(B·N·A − B0·N0·A0), a rank-2r LoRA: ``A' = [N·A; −N
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -55,7 +57,7 @@ def _layer_prefixes(model: torch.nn.Module, adapter_name: str) -> dict[str, NLor
 @torch.no_grad()
 def lora_state_dict(model: PeftModel, adapter_name: str = "default") -> dict[str, torch.Tensor]:
     """The adapter's saved tensors with every lora_N folded into lora_A (and the residual appended)."""
-    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False)
     converted = {key: value for key, value in state.items() if ".lora_" not in key}
     for prefix, layer in _layer_prefixes(model, adapter_name).items():
         lora_A = state[f"{prefix}lora_A.weight"].float()
@@ -94,10 +96,17 @@ def export_lora(
     return output_dir
 
 
-def save_merged(model: PeftModel, output_dir: Path | str, overwrite: bool = False) -> Path:
-    """Merge the active adapter into the base weights and save a plain transformers checkpoint."""
+def save_merged(
+    model: PeftModel, output_dir: Path | str, overwrite: bool = False, extra_files: Sequence[Path] = ()
+) -> Path:
+    """Merge the active adapter into the base weights and save a plain transformers checkpoint.
+
+    `extra_files` (e.g. the base's tokenizer files) are copied in before the folder appears.
+    """
     merged = model.merge_and_unload()
     output_dir = Path(output_dir)
     with atomic_directory(output_dir, overwrite=overwrite) as staging:
         merged.save_pretrained(str(staging))
+        for path in extra_files:
+            shutil.copy2(path, staging / Path(path).name)
     return output_dir

@@ -55,6 +55,7 @@ class NLoraLayer(BaseTunerLayer):
         self.residual_A = BufferDict({}, persistent=False)
         self.residual_N = BufferDict({}, persistent=False)
         self.residual_B = BufferDict({}, persistent=False)
+        self.residual_ratio: dict[str, float] = {}
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.kwargs = kwargs
@@ -139,22 +140,26 @@ class NLoraLayer(BaseTunerLayer):
                 self._subtract_initial_product(adapter_name, weight, factors, layer_key)
 
     def _subtract_initial_product(self, adapter_name: str, weight: torch.Tensor, factors, layer_key: str) -> None:
-        """Residual mode: W <- W - scale·B0·N0·A0, so the model output at step 0 is the pretrained one."""
+        """Residual mode: W <- W - scale·B0·N0·A0, so the model output at step 0 is the pretrained one.
+
+        Records ‖W − scale·B0·N0·A0‖ / ‖W‖ in `residual_ratio`; the tuner reports the layers where it
+        exceeds 1 (the factors do not approximate W there).
+        """
         self.residual_A[adapter_name] = factors.lora_A
         self.residual_N[adapter_name] = factors.lora_N
         self.residual_B[adapter_name] = factors.lora_B
-        product = self._residual_delta(adapter_name)
-        original = weight.float()
-        residual = original - product
-        ratio = float(residual.norm() / original.norm().clamp_min(1e-30))
-        if ratio > 1.0:
-            logger.warning(
-                "NLoRA residual of %s is larger than the weight itself (‖W − scale·BNA‖ / ‖W‖ = %.2f): the "
-                "chosen Nyström factors do not approximate W; consider nystrom_core='optimal'.",
-                layer_key,
-                ratio,
-            )
-        weight.copy_(residual.to(weight.dtype))
+        original_norm = torch.linalg.vector_norm(weight, dtype=torch.float32)
+        left = factors.lora_B @ factors.lora_N  # out × r
+        if weight.dtype == torch.float32:  # one in-place pass over W, no full-size temporaries
+            if self.fan_in_fan_out:
+                weight.addmm_(factors.lora_A.T, left.T, alpha=-self.scaling[adapter_name])
+            else:
+                weight.addmm_(left, factors.lora_A, alpha=-self.scaling[adapter_name])
+        else:  # low-precision weights: subtract in float32, round once
+            weight.copy_((weight.float() - self._residual_delta(adapter_name)).to(weight.dtype))
+        residual_norm = torch.linalg.vector_norm(weight, dtype=torch.float32)
+        self.residual_ratio[adapter_name] = float(residual_norm / original_norm.clamp_min(1e-30))
+        logger.debug("%s: ‖W − scale·BNA‖ / ‖W‖ = %.4f", layer_key, self.residual_ratio[adapter_name])
 
     def _residual_delta(self, adapter_name: str) -> torch.Tensor:
         """scale·B0·N0·A0 in the base weight's layout: the product subtracted at init (residual mode)."""
@@ -192,6 +197,7 @@ class NLoraLayer(BaseTunerLayer):
                 weight.add_(self._residual_delta(adapter_name).to(weight.dtype))
             for buffers in (self.residual_A, self.residual_N, self.residual_B):
                 del buffers[adapter_name]
+            self.residual_ratio.pop(adapter_name, None)
         super().delete_adapter(adapter_name)
 
 

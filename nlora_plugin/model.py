@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
@@ -9,6 +11,8 @@ from transformers.pytorch_utils import Conv1D
 
 from .config import NLoraConfig
 from .layer import NLoraLayer, NLoraLinear
+
+logger = logging.getLogger(__name__)
 
 SUPPORTED_LAYERS = (nn.Linear, Conv1D)
 
@@ -42,6 +46,24 @@ class NLoraModel(BaseTuner):
                     f"({out_features}×{in_features}); use r <= {min(in_features, out_features)} or leave "
                     "that module out of target_modules."
                 )
+
+    def _post_injection_hook(self, model: nn.Module, config: NLoraConfig, adapter_name: str) -> None:
+        """Residual mode: say, once per model, where the residual came out larger than W itself."""
+        super()._post_injection_hook(model, config, adapter_name)
+        ratios = {
+            name: module.residual_ratio[adapter_name]
+            for name, module in model.named_modules()
+            if isinstance(module, NLoraLayer) and adapter_name in module.residual_ratio
+        }
+        larger = {name: ratio for name, ratio in ratios.items() if ratio > 1.0}
+        if larger:
+            worst = max(larger, key=larger.get)
+            logger.warning(
+                "NLoRA residual mode: in %d of %d layers ‖W − scale·B·N·A‖ > ‖W‖ (largest %.4f× in %s): the "
+                "Nyström factors with nystrom_core=%r, nystrom_index=%r do not approximate W there; "
+                "nystrom_core='optimal' always gives a residual smaller than W.",
+                len(larger), len(ratios), larger[worst], worst, config.nystrom_core, config.nystrom_index,
+            )
 
     def _create_and_replace(
         self,

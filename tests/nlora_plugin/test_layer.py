@@ -160,11 +160,21 @@ def test_residual_mode_disable_unload_and_merge_are_relative_to_the_original_wei
     assert torch.allclose(unloaded.model.layers[0].mlp.down_proj.weight, original, atol=1e-6)
 
 
-def test_residual_larger_than_weight_is_reported(caplog):
-    with caplog.at_level("WARNING", logger="nlora_plugin.layer"):
+def test_residual_larger_than_weight_is_reported_once_per_model(caplog):
+    with caplog.at_level("WARNING", logger="nlora_plugin.model"):
         get_peft_model(tiny_llama(), NLoraConfig(r=8, target_modules=["q_proj"], residual=True, nystrom_core="pinv",
                                                  pinv_rtol=0.0))
-    assert any("larger than the weight" in message for message in caplog.messages)
+    warnings = [m for m in caplog.messages if "residual mode" in m]
+    assert len(warnings) == 1 and "in 2 of 2 layers" in warnings[0]
+
+
+def test_optimal_core_residual_is_smaller_than_the_weight(caplog):
+    with caplog.at_level("WARNING", logger="nlora_plugin.model"):
+        model = get_peft_model(tiny_llama(), NLoraConfig(r=8, target_modules="all-linear", residual=True,
+                                                         nystrom_core="optimal"))
+    assert not [m for m in caplog.messages if "residual mode" in m]
+    assert all(ratio < 1.0 for m in model.modules() if hasattr(m, "residual_ratio") for ratio in
+               m.residual_ratio.values())
 
 
 def test_rank_too_large_for_a_layer_fails_before_any_layer_is_initialised():
