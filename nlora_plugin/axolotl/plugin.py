@@ -11,10 +11,11 @@ from peft import PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 from nlora_plugin import NLoraConfig  # importing the core registers the PEFT method
+from nlora_plugin.distributed import is_zero3_partitioned
 
 from .args import ADAPTERS, NLoraOptions
 
-LOG = get_logger(__name__)
+LOG = get_logger("axolotl.integrations.nlora")  # Axolotl prints INFO only from "axolotl.*" loggers
 
 
 def target_modules(model: PreTrainedModel, cfg: DictDefault) -> list[str]:
@@ -86,6 +87,9 @@ class NLoraPlugin(BasePlugin):
             LOG.info("Loading %s adapter from %s", cfg.adapter, cfg.lora_model_dir)
             peft_model = PeftModel.from_pretrained(model, cfg.lora_model_dir, is_trainable=not inference)
         else:
+            partitioned = sum(is_zero3_partitioned(p) for p in model.parameters())
+            if partitioned:
+                LOG.info("ZeRO-3: %d base weights are partitioned; the init gathers one layer at a time", partitioned)
             LOG.info(
                 "Initialising %s adapter (r=%s, nystrom_core=%s, nystrom_index=%s, residual=%s) on %d module names",
                 cfg.adapter, config.r, config.nystrom_core, config.nystrom_index, config.residual,

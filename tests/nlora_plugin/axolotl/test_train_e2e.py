@@ -1,0 +1,104 @@
+"""`axolotl train` on the shipped tiny recipes (real CLI, subprocess), then load, merge and inspect the adapter."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from nlora_plugin import NLoraConfig  # registers the NLORA PEFT type for from_pretrained
+
+from .conftest import VENV_BIN, subprocess_env, tiny_recipe
+
+pytestmark = pytest.mark.slow
+
+
+def axolotl_train(config: Path, log: Path) -> Path:
+    """Run `axolotl train CONFIG` as a user would; returns output_dir."""
+    with log.open("w") as handle:
+        result = subprocess.run([str(VENV_BIN / "axolotl"), "train", str(config)], cwd=config.parent,
+                                env=subprocess_env(), stdout=handle, stderr=subprocess.STDOUT, timeout=480, check=False)
+    assert result.returncode == 0, f"axolotl train failed; last lines:\n{log.read_text()[-3000:]}"
+    return config.parent / "out"
+
+
+def base(model_dir: Path) -> torch.nn.Module:
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def adapter_weights(model: torch.nn.Module, matrix: str) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if f".{matrix}." in name}
+
+
+def initial_adapter(model_dir: Path, adapter_dir: Path) -> torch.nn.Module:
+    """The step-0 adapter: get_peft_model with the saved config on the untouched base."""
+    config = NLoraConfig.from_pretrained(adapter_dir)
+    config.inference_mode = False
+    return get_peft_model(base(model_dir), config)
+
+
+def batch(model_dir: Path) -> torch.Tensor:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return tokenizer(["Natalia sold clips to 48 of her friends in April."], return_tensors="pt").input_ids
+
+
+@pytest.fixture(scope="module")
+def nlora_run(tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("axolotl-nlora")
+    return axolotl_train(tiny_recipe("tiny-nlora.yaml", tiny_decoder, work), work / "train.log")
+
+
+@pytest.fixture(scope="module")
+def inttune_run(tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("axolotl-inttune")
+    return axolotl_train(tiny_recipe("tiny-inttune.yaml", tiny_decoder, work), work / "train.log")
+
+
+def test_nlora_adapter_loads_trains_and_merges(nlora_run: Path, tiny_decoder: Path) -> None:
+    saved = json.loads((nlora_run / "adapter_config.json").read_text())
+    assert (saved["peft_type"], saved["init_method"], saved["train_only_intermediate"]) == ("NLORA", "nlora", False)
+    assert (nlora_run / "adapter_model.safetensors").exists()
+    model = PeftModel.from_pretrained(base(tiny_decoder), nlora_run).eval()
+    start = initial_adapter(tiny_decoder, nlora_run)
+    for matrix in ("lora_A", "lora_N", "lora_B"):  # NLoRA trains all three
+        trained, initial = adapter_weights(model, matrix), adapter_weights(start, matrix)
+        assert len(trained) == 14
+        assert any(not torch.equal(trained[name], initial[name]) for name in trained), matrix
+    ids = batch(tiny_decoder)
+    with torch.no_grad():
+        unmerged = model(ids).logits
+        merged = model.merge_and_unload()(ids).logits
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-5)
+
+
+def test_axolotl_merge_lora_matches_the_adapter(nlora_run: Path, tiny_decoder: Path) -> None:
+    """`axolotl merge-lora` (merge_method: legacy, in-process) writes output_dir/merged = base + adapter."""
+    from axolotl.cli.merge_lora import do_cli
+
+    do_cli(config=str(nlora_run.parent / "tiny-nlora.yaml"))
+    merged = base(nlora_run / "merged")
+    model = PeftModel.from_pretrained(base(tiny_decoder), nlora_run).eval()
+    ids = batch(tiny_decoder)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(base(tiny_decoder)(ids).logits, merged(ids).logits, atol=1e-6)
+
+
+def test_inttune_trains_only_the_middle_matrix(inttune_run: Path, tiny_decoder: Path) -> None:
+    saved = json.loads((inttune_run / "adapter_config.json").read_text())
+    assert (saved["init_method"], saved["train_only_intermediate"]) == ("nlora", True)
+    model = PeftModel.from_pretrained(base(tiny_decoder), inttune_run)
+    start = initial_adapter(tiny_decoder, inttune_run)
+    for matrix in ("lora_A", "lora_B"):  # frozen: exactly the Nyström init
+        trained, initial = adapter_weights(model, matrix), adapter_weights(start, matrix)
+        assert trained.keys() == initial.keys() and trained
+        assert all(torch.equal(trained[name], initial[name]) for name in trained), matrix
+    trained_n, initial_n = adapter_weights(model, "lora_N"), adapter_weights(start, "lora_N")
+    assert all(not torch.equal(trained_n[name], initial_n[name]) for name in trained_n)
