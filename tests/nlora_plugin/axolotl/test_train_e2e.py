@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 
@@ -13,15 +14,15 @@ from transformers import AutoModelForCausalLM
 
 from nlora_plugin import NLoraConfig  # registers the NLORA PEFT type for from_pretrained
 
-from .conftest import VENV_BIN, subprocess_env, tiny_recipe
+from .conftest import DEEPSPEED_CONFIGS, VENV_BIN, subprocess_env, tiny_recipe
 
 pytestmark = pytest.mark.slow
 
 
-def axolotl_train(config: Path, log: Path) -> Path:
-    """Run `axolotl train CONFIG` as a user would; returns output_dir."""
+def axolotl_train(config: Path, log: Path, *launcher: str) -> Path:
+    """Run `axolotl train CONFIG [LAUNCHER ARGS]` as a user would; returns output_dir."""
     with log.open("w") as handle:
-        result = subprocess.run([str(VENV_BIN / "axolotl"), "train", str(config)], cwd=config.parent,
+        result = subprocess.run([str(VENV_BIN / "axolotl"), "train", str(config), *launcher], cwd=config.parent,
                                 env=subprocess_env(), stdout=handle, stderr=subprocess.STDOUT, timeout=480, check=False)
     assert result.returncode == 0, f"axolotl train failed; last lines:\n{log.read_text()[-3000:]}"
     return config.parent / "out"
@@ -57,8 +58,14 @@ def nlora_run(tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="module")
 def inttune_run(tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """IntTune under DeepSpeed ZeRO-3 with 2 CPU processes (torchrun; gloo)."""
     work = tmp_path_factory.mktemp("axolotl-inttune")
-    return axolotl_train(tiny_recipe("tiny-inttune.yaml", tiny_decoder, work), work / "train.log")
+    config = tiny_recipe("tiny-inttune.yaml", tiny_decoder, work, deepspeed=str(DEEPSPEED_CONFIGS / "zero3.json"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return axolotl_train(config, work / "train.log", "--launcher", "torchrun", "--",
+                         "--nproc_per_node", "2", "--master_port", str(port))
 
 
 def test_nlora_adapter_loads_trains_and_merges(nlora_run: Path, tiny_decoder: Path) -> None:
@@ -91,7 +98,9 @@ def test_axolotl_merge_lora_matches_the_adapter(nlora_run: Path, tiny_decoder: P
         assert not torch.allclose(base(tiny_decoder)(ids).logits, merged(ids).logits, atol=1e-6)
 
 
-def test_inttune_trains_only_the_middle_matrix(inttune_run: Path, tiny_decoder: Path) -> None:
+def test_inttune_under_zero3_trains_only_the_middle_matrix(inttune_run: Path, tiny_decoder: Path) -> None:
+    log = (inttune_run.parent / "train.log").read_text()
+    assert "ZeRO-3: " in log and "base weights are partitioned" in log  # the gathered init really ran
     saved = json.loads((inttune_run / "adapter_config.json").read_text())
     assert (saved["init_method"], saved["train_only_intermediate"]) == ("nlora", True)
     model = PeftModel.from_pretrained(base(tiny_decoder), inttune_run)
