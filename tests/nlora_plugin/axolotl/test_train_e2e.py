@@ -58,9 +58,18 @@ def nlora_run(tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="module")
 def inttune_run(tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """IntTune under DeepSpeed ZeRO-3 with 2 CPU processes (torchrun; gloo)."""
+    """IntTune under DeepSpeed ZeRO-3 with 2 CPU processes (torchrun, gloo).
+
+    On a CPU-only machine the HF Trainer of every rank believes it is the main process, so both ranks write
+    adapter_model.safetensors, rank 1 from its own shards. Adapter matrices (<= 1,024 values here) are kept
+    whole on every rank (persistence threshold 1,024) so both writes agree; the base weights (>= 2,048
+    values) stay partitioned, and the init must gather them (checked through the plugin's log line).
+    """
     work = tmp_path_factory.mktemp("axolotl-inttune")
-    config = tiny_recipe("tiny-inttune.yaml", tiny_decoder, work, deepspeed=str(DEEPSPEED_CONFIGS / "zero3.json"))
+    ds_config = json.loads((DEEPSPEED_CONFIGS / "zero3.json").read_text())
+    ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 1024
+    (work / "zero3.json").write_text(json.dumps(ds_config))
+    config = tiny_recipe("tiny-inttune.yaml", tiny_decoder, work, deepspeed=str(work / "zero3.json"))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
