@@ -15,6 +15,9 @@ from transformers import AutoModelForCausalLM
 from nlora_plugin import NLoraConfig  # registers the NLORA PEFT type for from_pretrained
 
 from .conftest import DEEPSPEED_CONFIGS, VENV_BIN, subprocess_env, tiny_recipe
+from .logits_probe import PROBE_FILE, PROBE_IDS
+
+PROBE_PLUGIN = "tests.nlora_plugin.axolotl.logits_probe.LogitsProbePlugin"
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +56,8 @@ def batch(model_dir: Path) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def nlora_run(tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("axolotl-nlora")
-    return axolotl_train(tiny_recipe("tiny-nlora.yaml", tiny_decoder, work), work / "train.log")
+    plugins = ["nlora_plugin.axolotl.NLoraPlugin", PROBE_PLUGIN]  # the probe records the trained model
+    return axolotl_train(tiny_recipe("tiny-nlora.yaml", tiny_decoder, work, plugins=plugins), work / "train.log")
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +96,18 @@ def test_nlora_adapter_loads_trains_and_merges(nlora_run: Path, tiny_decoder: Pa
         unmerged = model(ids).logits
         merged = model.merge_and_unload()(ids).logits
     torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-5)
+
+
+def test_saved_adapter_reproduces_the_trained_model(nlora_run: Path, tiny_decoder: Path) -> None:
+    """The adapter on disk, reloaded with stock PEFT, gives the logits the in-memory trained model gave."""
+    probe = torch.load(nlora_run / PROBE_FILE)
+    assert {name.split(".")[-3] for name in probe["trainable"]} == {"lora_A", "lora_N", "lora_B"}
+    ids = torch.tensor(PROBE_IDS)
+    with torch.no_grad():
+        reloaded = PeftModel.from_pretrained(base(tiny_decoder), nlora_run).eval()(ids).logits
+        untouched = base(tiny_decoder)(ids).logits
+    torch.testing.assert_close(reloaded, probe["logits"], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(untouched, probe["logits"], atol=1e-4)  # training (and the init) moved the model
 
 
 def test_axolotl_merge_lora_matches_the_adapter(nlora_run: Path, tiny_decoder: Path) -> None:
