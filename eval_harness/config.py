@@ -75,7 +75,7 @@ class ModelEntry:
 class EvalConfig:
     """A validated eval YAML."""
 
-    base_model: Path
+    base_model: Path | None  # None: only benchmarks that fine-tune their own models (GLUE)
     models: tuple[ModelEntry, ...]
     benchmarks: dict[str, Any]  # benchmark key -> the settings its parse_section returned
     generation: GenerationDefaults = GenerationDefaults()
@@ -216,14 +216,21 @@ def load_config(path: Path | str) -> EvalConfig:
 
 def parse_config(data: Any, *, base_dir: Path) -> EvalConfig:
     """Validate a parsed YAML document; every benchmark section goes to its task's `parse_section`."""
-    top = check_fields(data, where="", allowed=TOP_FIELDS, required=("base_model", "models", "benchmarks"))
-    base_model = get_path(top, "base_model", where="", base_dir=base_dir, kind="dir")
-    if not (base_model / "config.json").is_file():
-        raise ConfigError(
-            f"base_model: {base_model} has no config.json; point it at a local Hugging Face model folder "
-            "(hub names are not downloaded)"
-        )
-    models = _parse_models(top["models"], base_dir=base_dir)
+    top = check_fields(data, where="", allowed=TOP_FIELDS, required=("benchmarks",))
+    # Benchmarks that fine-tune their own models (GLUE) need no base model and no model entries.
+    keys = top["benchmarks"] if isinstance(top["benchmarks"], Mapping) else {}
+    needs_models = any(BENCHMARKS[key].per_model for key in keys if key in BENCHMARKS)
+    base_model = None
+    if needs_models or top.get("base_model") is not None:
+        base_model = get_path(top, "base_model", where="", base_dir=base_dir, kind="dir")
+        if not (base_model / "config.json").is_file():
+            raise ConfigError(
+                f"base_model: {base_model} has no config.json; point it at a local Hugging Face model folder "
+                "(hub names are not downloaded)"
+            )
+    models: tuple[ModelEntry, ...] = ()
+    if needs_models or top.get("models") is not None:
+        models = _parse_models(top.get("models"), base_dir=base_dir)
     generation = _parse_generation(top.get("generation"))
     benchmarks = _parse_benchmarks(top["benchmarks"], base_dir=base_dir)
     _check_mt_bench_baseline(benchmarks, models)
@@ -233,7 +240,8 @@ def parse_config(data: Any, *, base_dir: Path) -> EvalConfig:
     if notes is not None and not isinstance(notes, str):
         raise ConfigError(f"notes: expected free text (a string), got {notes!r}")
     methods = {entry.method for entry in models}
-    if baseline is not None and baseline not in methods:
+    trains_own = any(not BENCHMARKS[key].per_model for key in benchmarks)
+    if baseline is not None and baseline not in methods and not trains_own:
         raise ConfigError(
             f"report.baseline: {baseline!r} is not the method of any model entry; use one of {sorted(methods)}"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -140,3 +141,16 @@ def test_mt_bench_pairwise_baseline_must_be_a_label(eval_dir):
     assert config.benchmarks["mt_bench"].baseline_label == "lora"
     with pytest.raises(ConfigError, match=r"^benchmarks\.mt_bench\.baseline_label: 'LoRA' is not a model label"):
         _load(eval_dir, benchmarks={"mt_bench": {**section, "baseline_label": "LoRA"}})
+
+
+FAKE_GLUE = SimpleNamespace(parse_section=lambda section, *, where, base_dir: dict(section))
+
+
+def test_benchmarks_that_train_their_own_models_need_no_base_model(tmp_path, monkeypatch):
+    from eval_harness.config import BENCHMARKS, Benchmark
+
+    monkeypatch.setitem(BENCHMARKS, "own", Benchmark("own", __name__, "FAKE_GLUE", per_model=False))
+    config = load_config(write_yaml(tmp_path, {"benchmarks": {"own": {"x": 1}}, "report": {"baseline": "LoRA"}}))
+    assert config.base_model is None and config.models == () and config.benchmarks == {"own": {"x": 1}}
+    with pytest.raises(ConfigError, match=r"^base_model: required field is missing"):
+        load_config(write_yaml(tmp_path, {"benchmarks": {"own": {}, "gsm8k": {}}}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from lm_eval.models.huggingface import HFLM
 
@@ -134,3 +136,28 @@ def test_mt_bench_pairwise_runs_every_other_label_once(tmp_path, monkeypatch):
     assert calls == [("nlora", "lora"), ("pissa", "lora")]
     assert run_mt_bench_pairwise(config, tmp_path) == first  # finished comparisons are not judged again
     assert len(calls) == 2
+
+
+FAKE_TRAINER = None  # set by the test below: a task that trains its own models (like GLUE)
+
+
+def test_run_all_benchmarks_run_once_per_run(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from eval_harness.config import BENCHMARKS, Benchmark
+
+    calls = []
+
+    def run_all(settings, *, run_dir):
+        calls.append((settings, run_dir))
+        return [{"label": "nlora-s0", "benchmark": "glue_sst2", "primary_metric": "accuracy",
+                 "metrics": {"accuracy": 0.9}}]
+
+    trainer = SimpleNamespace(parse_section=lambda section, *, where, base_dir: dict(section), run_all=run_all)
+    monkeypatch.setattr(sys.modules[__name__], "FAKE_TRAINER", trainer)
+    monkeypatch.setitem(BENCHMARKS, "own", Benchmark("own", __name__, "FAKE_TRAINER", per_model=False))
+    config = load_config(write_yaml(tmp_path, {"benchmarks": {"own": {"steps": 3}}}))
+    summaries = run_config(config, tmp_path / "run", command=["test"])
+    assert calls == [({"steps": 3}, tmp_path / "run")]
+    assert summaries[0]["metrics"] == {"accuracy": 0.9}
+    assert read_json(tmp_path / "run" / "run.json")["config"]["base_model"] is None
