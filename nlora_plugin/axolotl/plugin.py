@@ -89,7 +89,7 @@ class NLoraPlugin(BasePlugin):
         else:
             partitioned = sum(is_zero3_partitioned(p) for p in model.parameters())
             if partitioned:
-                LOG.info("ZeRO-3: %d base weights are partitioned; the init gathers one layer at a time", partitioned)
+                LOG.info("ZeRO-3: %d base parameters are partitioned; the init gathers one layer at a time", partitioned)
             LOG.info(
                 "Initialising %s adapter (r=%s, nystrom_core=%s, nystrom_index=%s, residual=%s) on %d module names",
                 cfg.adapter, config.r, config.nystrom_core, config.nystrom_index, config.residual,
