@@ -11,6 +11,7 @@ import httpx
 logger = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+MAX_WAIT_S = 60.0
 
 
 class JudgeError(RuntimeError):
@@ -29,6 +30,7 @@ class JudgeSettings:
     timeout_s: float = 120.0
     max_retries: int = 4
     concurrency: int = 4
+    backoff_s: float = 2.0  # first retry waits this long, each later one twice as long (at most MAX_WAIT_S)
 
 
 class JudgeClient:
@@ -52,10 +54,11 @@ class JudgeClient:
             "max_tokens": self.settings.max_tokens,
         }
         url = f"{self.settings.base_url.rstrip('/')}/chat/completions"
-        last_problem = ""
+        last_problem, wait_s = "", 0.0
         for attempt in range(self.settings.max_retries + 1):
             if attempt:
-                time.sleep(min(2.0**attempt, 30.0))
+                time.sleep(wait_s)
+            wait_s = min(self.settings.backoff_s * 2.0**attempt, MAX_WAIT_S)
             try:
                 response = self._client.post("/chat/completions", json=body)
             except httpx.TransportError as error:
@@ -63,6 +66,7 @@ class JudgeClient:
                 logger.warning("judge %s: %s (attempt %d)", url, last_problem, attempt + 1)
                 continue
             if response.status_code in RETRY_STATUS:
+                wait_s = max(wait_s, _retry_after_s(response))
                 last_problem = f"HTTP {response.status_code}: {response.text[:200]}"
                 logger.warning("judge %s: %s (attempt %d)", url, last_problem, attempt + 1)
                 continue
@@ -80,3 +84,11 @@ class JudgeClient:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _retry_after_s(response: httpx.Response) -> float:
+    """The server's Retry-After in seconds (capped at MAX_WAIT_S); 0 when absent or an HTTP date."""
+    try:
+        return min(max(float(response.headers.get("Retry-After", 0)), 0.0), MAX_WAIT_S)
+    except ValueError:
+        return 0.0

@@ -204,11 +204,16 @@ def generate_answers(settings: MTBenchSettings, model: ModelHandle, out_dir: Pat
 
 
 def parse_rating(judgment: str) -> float | None:
-    """FastChat's rule: the first "[[x]]", else the first "[x]"; None if neither is there."""
+    """FastChat's rule: the first "[[x]]", else the first "[x]"; None if neither is there.
+
+    Unlike FastChat, a rating outside the 1-10 scale the prompt asks for is no rating (None), so a
+    runaway judge cannot move the mean.
+    """
     for pattern in RATING:
         match = pattern.search(judgment)
         if match:
-            return float(match.group(1))
+            rating = float(match.group(1))
+            return rating if 1.0 <= rating <= 10.0 else None
     return None
 
 

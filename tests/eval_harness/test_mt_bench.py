@@ -98,7 +98,7 @@ def test_packaged_data_is_the_80_questions_and_8_prompts():
 
 
 @pytest.mark.parametrize("text,rating", [("ok [[8]]", 8.0), ("[[9.5]] then [[2]]", 9.5), ("[6]", 6.0),
-                                         ("no rating", None)])
+                                         ("no rating", None), ("[[0]]", None), ("[[11]]", None)])
 def test_parse_rating(text, rating):
     assert mt_bench.parse_rating(text) == rating
 
