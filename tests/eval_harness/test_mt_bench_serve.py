@@ -17,6 +17,7 @@ import yaml
 from eval_harness.config import load_config
 from eval_harness.demo import build_tiny_decoder
 from eval_harness.runner import run_config
+from eval_harness.tasks import mt_bench
 
 pytestmark = pytest.mark.slow
 
@@ -75,3 +76,22 @@ def test_mt_bench_judged_by_a_served_model_end_to_end(served_tiny_model, tmp_pat
     assert summary["n_items"] + summary["extra"]["unparsed_judgments"] == 4
     answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == 2 and all(len(a["turns"]) == 2 for a in answers)
+
+    # a killed run resumes: without summary.json the benchmark reruns, yet nothing is generated or judged again
+    logs = {name: (out / name).read_bytes() for name in ("answers.jsonl", "judgments.jsonl")}
+    (out / "summary.json").unlink()
+    run_config(load_config(config_path), run_dir, command=["test"])
+    assert {name: (out / name).read_bytes() for name in logs} == logs
+    assert json.loads((out / "summary.json").read_text())["n_items"] == summary["n_items"]
+
+    # pairwise over the same endpoint: 2 questions x 2 turns x 2 orders, every verdict kept with its raw text
+    (run_dir / "other" / "mt_bench").mkdir(parents=True)
+    (run_dir / "other" / "mt_bench" / "answers.jsonl").write_text("".join(
+        json.dumps({"id": a["id"], "category": a["category"], "turns": ["I do not know.", "Still no idea."]}) + "\n"
+        for a in answers))
+    settings = load_config(config_path).benchmarks["mt_bench"]
+    pair = mt_bench.run_pairwise(settings, label_a="tiny", label_b="other", run_dir=run_dir)
+    pair_out = run_dir / "tiny" / "mt_bench_vs_other"
+    pair_judgments = [json.loads(line) for line in (pair_out / "judgments.jsonl").read_text().splitlines()]
+    assert len(pair_judgments) == 8 and all(j["judgment"] for j in pair_judgments)
+    assert pair["n_items"] == 4 and 0.0 <= pair["metrics"]["win_rate_adjusted"] <= 1.0
