@@ -138,8 +138,15 @@ def load_judge_prompts(settings: MTBenchSettings) -> dict[str, dict[str, Any]]:
     return {prompt["name"]: prompt for prompt in read_jsonl(settings.judge_prompts)}
 
 
-def load_references(settings: MTBenchSettings) -> dict[int, list[str]]:
-    return {ref["question_id"]: ref["choices"][0]["turns"] for ref in read_jsonl(settings.reference_answers)}
+def load_references(settings: MTBenchSettings, questions: list[dict[str, Any]]) -> dict[int, list[str]]:
+    """Reference answers by question id; warns about math/reasoning/coding questions graded without one."""
+    references = {ref["question_id"]: ref["choices"][0]["turns"] for ref in read_jsonl(settings.reference_answers)}
+    missing = [q["question_id"] for q in questions if q["category"] in NEED_REFERENCE
+               and q["question_id"] not in references]
+    if missing:
+        logger.warning("mt_bench: no reference answer in %s for questions %s; they are graded with the general "
+                       "prompts (single-v1/pair-v2) instead of the -math- ones", settings.reference_answers, missing)
+    return references
 
 
 # --------------------------------------------------------------------------- answers
@@ -273,7 +280,7 @@ def run(settings: MTBenchSettings, *, model: ModelHandle, out_dir: Path) -> dict
     """Answers, then single-answer grading; items.jsonl holds the parsed ratings, summary.json the means."""
     questions = load_questions(settings)
     answers = generate_answers(settings, model, out_dir, questions)
-    prompts, references = load_judge_prompts(settings), load_references(settings)
+    prompts, references = load_judge_prompts(settings), load_references(settings, questions)
     judgments = ItemLog(out_dir / "judgments.jsonl")
 
     def grade(question: dict, turn: int) -> Callable[[JudgeClient], dict]:
@@ -320,7 +327,7 @@ def run_pairwise(settings: MTBenchSettings, *, label_a: str, label_b: str, run_d
     answers_a = _answers(run_dir / label_a / "mt_bench")
     answers_b = _answers(run_dir / label_b / "mt_bench")
     questions = [q for q in load_questions(settings) if q["question_id"] in answers_a and q["question_id"] in answers_b]
-    prompts, references = load_judge_prompts(settings), load_references(settings)
+    prompts, references = load_judge_prompts(settings), load_references(settings, questions)
     out_dir = run_dir / label_a / f"mt_bench_vs_{label_b}"
     judgments = ItemLog(out_dir / "judgments.jsonl")
 

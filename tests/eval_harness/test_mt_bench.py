@@ -111,13 +111,23 @@ def test_pair_score_needs_both_orders_to_agree(ab, ba, score):
 
 def test_math_questions_are_graded_with_the_reference_and_turn_two_sees_turn_one():
     s = settings("http://127.0.0.1:1/v1")
-    prompts, references = mt_bench.load_judge_prompts(s), mt_bench.load_references(s)
-    math = next(q for q in mt_bench.load_questions(s) if q["category"] == "math")
+    questions = mt_bench.load_questions(s)
+    prompts, references = mt_bench.load_judge_prompts(s), mt_bench.load_references(s, questions)
+    math = next(q for q in questions if q["category"] == "math")
     name, _, user = mt_bench.single_request(prompts, math, ["FIRST", "SECOND"], 2, references)
     assert name == "single-math-v1-multi-turn"
     assert "FIRST" in user and "SECOND" in user and references[math["question_id"]][1] in user
-    writing = next(q for q in mt_bench.load_questions(s) if q["category"] == "writing")
+    writing = next(q for q in questions if q["category"] == "writing")
     assert mt_bench.single_request(prompts, writing, ["a", "b"], 1, references)[0] == "single-v1"
+
+
+def test_missing_reference_answers_are_reported(tmp_path, caplog):
+    empty = tmp_path / "refs.jsonl"
+    empty.write_text("")
+    s = settings("http://127.0.0.1:1/v1", reference_answers=str(empty), categories=["math"], limit=2)
+    questions = mt_bench.load_questions(s)
+    assert mt_bench.load_references(s, questions) == {}
+    assert str([q["question_id"] for q in questions]) in caplog.text and "single-v1" in caplog.text
 
 
 def test_plain_chat_prompt_carries_the_first_turn():
