@@ -1,0 +1,88 @@
+"""Build the `make demo` NLU task (QNLI format) from GSM8K, once; the output ships in the package.
+
+Each sampled GSM8K problem gives two rows: its question with one step of its own worked solution
+(label `entailment`: the step belongs to this problem) and with one step of the solution of the
+problem whose question is most similar by TF-IDF (label `not_entailment`). Neighbours share topic and
+wording, so the model has to check quantities and entities, not the topic. Every question appears once
+with each label, so the question alone tells nothing.
+
+Usage: python scripts/build_demo_pairs.py --gsm8k /work/shared/data/gsm8k --out eval_harness/data/demo_pairs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+from pathlib import Path
+
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.neighbors import NearestNeighbors
+
+from eval_harness.results import atomic_write_text
+
+CALCULATOR = re.compile(r"<<[^>]*>>")
+# split name -> (GSM8K file, number of problems; each gives 2 rows)
+SPLITS = {"train": ("train.jsonl", 400), "dev": ("train.jsonl", 125), "test": ("test.jsonl", 250)}
+SEED = 0
+
+
+def solution_steps(answer: str) -> list[str]:
+    """The worked solution's lines, calculator annotations removed, final '#### N' line dropped."""
+    lines = [CALCULATOR.sub("", line).strip() for line in answer.split("\n")]
+    return [line for line in lines if line and not line.startswith("####")]
+
+
+def clean(text: str) -> str:
+    """One line of TSV: no tabs or newlines."""
+    return " ".join(text.split())
+
+
+def load(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def nearest_other(problems: list[dict]) -> list[int]:
+    """Index of each problem's most similar other problem (TF-IDF cosine on the questions)."""
+    vectors = TfidfVectorizer(stop_words="english", sublinear_tf=True).fit_transform(
+        [problem["question"] for problem in problems])
+    _, neighbours = NearestNeighbors(n_neighbors=2, metric="cosine").fit(vectors).kneighbors(vectors)
+    return [int(row[1]) if int(row[0]) == index else int(row[0]) for index, row in enumerate(neighbours)]
+
+
+def build_split(problems: list[dict], chosen: list[int], rng: random.Random) -> list[tuple[str, str, str]]:
+    """Two rows (positive, negative) per chosen problem, in a shuffled order."""
+    neighbour = nearest_other(problems)
+    rows = []
+    for index in chosen:
+        question = clean(problems[index]["question"])
+        own = rng.choice(solution_steps(problems[index]["answer"]))
+        other = rng.choice(solution_steps(problems[neighbour[index]]["answer"]))
+        rows.append((question, clean(own), "entailment"))
+        rows.append((question, clean(other), "not_entailment"))
+    rng.shuffle(rows)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gsm8k", type=Path, required=True, help="folder with GSM8K train.jsonl and test.jsonl")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (train.tsv, dev.tsv, test.tsv)")
+    args = parser.parse_args(argv)
+    rng = random.Random(SEED)
+    pools = {name: load(args.gsm8k / name) for name in {file for file, _ in SPLITS.values()}}
+    order = {name: rng.sample(range(len(pool)), len(pool)) for name, pool in pools.items()}
+    taken = {name: 0 for name in pools}
+    for split, (file, count) in SPLITS.items():
+        chosen = order[file][taken[file]:taken[file] + count]  # train and dev draw disjoint problems
+        taken[file] += count
+        rows = build_split(pools[file], chosen, rng)
+        lines = ["index\tquestion\tsentence\tlabel"]
+        lines += [f"{index}\t{question}\t{sentence}\t{label}" for index, (question, sentence, label) in enumerate(rows)]
+        atomic_write_text(args.out / f"{split}.tsv", "\n".join(lines) + "\n")
+        print(f"{split}: {len(rows)} rows from {count} problems of GSM8K {file}")
+
+
+if __name__ == "__main__":
+    main()
