@@ -61,7 +61,7 @@ class NLoraModel(BaseTuner):
             logger.warning(
                 "NLoRA residual mode: in %d of %d layers ‖W − scale·B·N·A‖ > ‖W‖ (largest %.4f× in %s): the "
                 "Nyström factors with nystrom_core=%r, nystrom_index=%r do not approximate W there; "
-                "nystrom_core='optimal' always gives a residual smaller than W.",
+                "nystrom_core='optimal' with lora_alpha = r always gives a residual smaller than W.",
                 len(larger), len(ratios), larger[worst], worst, config.nystrom_core, config.nystrom_index,
             )
 
