@@ -85,3 +85,8 @@ def test_tiny_config_runs(tmp_path, tiny_root):
     for name in ("report.md", "index.html", "results.json"):
         assert (tmp_path / "report" / name).stat().st_size > 0
     assert read_json(tmp_path / "report" / "results.json")["baseline"] == "base"
+
+
+def test_demo_nlu_config_validates():
+    config = load_config(EXAMPLES / "demo_nlu.yaml")
+    assert config.base_model is None and config.models == () and set(config.benchmarks) == {"glue"}
