@@ -107,7 +107,8 @@ def tiny_bert(tmp_path_factory) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(glue.minilm_dir())
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
+                         intermediate_size=64, max_position_embeddings=64, initializer_range=0.3,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -115,12 +116,12 @@ def tiny_bert(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_finetune_writes_results_and_resumes(tiny_bert: Path, tmp_path: Path, monkeypatch) -> None:
     settings = glue.parse_section(
-        section(model=str(tiny_bert), seeds=[0, 1],
-                methods=[{"name": "lora", "learning_rate": 1e-2}, {"name": "nlora", "learning_rate": 1e-2}],
-                train={"steps": 30, "batch_size": 8, "max_length": 16, "warmup_ratio": 0.1}),
+        section(model=str(tiny_bert),
+                methods=[{"name": "lora", "learning_rate": 3e-2}, {"name": "nlora", "learning_rate": 3e-2}],
+                train={"steps": 20, "batch_size": 8, "max_length": 16, "warmup_ratio": 0.1}),
         where="benchmarks.glue", base_dir=FIXTURES)
     summaries = glue.run_all(settings, run_dir=tmp_path)
-    assert len(summaries) == 2 * 2 * 2  # tasks x methods x seeds
+    assert len(summaries) == 2 * 2  # tasks x methods
 
     sst2 = read_json(tmp_path / "lora-seed0" / "glue_sst2" / "summary.json")
     assert sst2["method"] == "LoRA" and sst2["seed"] == 0 and sst2["metric_kind"] == "corpus"
@@ -128,21 +129,21 @@ def test_finetune_writes_results_and_resumes(tiny_bert: Path, tmp_path: Path, mo
     items = [json.loads(line) for line in (tmp_path / "lora-seed0" / "glue_sst2" / "items.jsonl").open()]
     assert [item["label"] for item in items] == [1, 0, 1, 0]
     assert sst2["metrics"]["accuracy"] == sum(i["prediction"] == i["label"] for i in items) / 4
-    stsb = read_json(tmp_path / "nlora-seed1" / "glue_stsb" / "summary.json")
+    stsb = read_json(tmp_path / "nlora-seed0" / "glue_stsb" / "summary.json")
     assert set(stsb["metrics"]) == {"pearson", "spearman", "pearson_spearman_mean"}
     assert all(isinstance(item["prediction"], float)
-               for item in map(json.loads, (tmp_path / "nlora-seed1" / "glue_stsb" / "items.jsonl").open()))
+               for item in map(json.loads, (tmp_path / "nlora-seed0" / "glue_stsb" / "items.jsonl").open()))
 
     training = read_json(tmp_path / "lora-seed0" / "training.json")
     assert set(training["tasks"]) == {"sst2", "stsb"} and training["task"] == "sst2"
     curve = training["tasks"]["sst2"]["loss_curve"]
-    assert curve[0][0] == 1 and curve[-1][0] == 30
+    assert curve[0][0] == 1 and curve[-1][0] == 20
     first, last = (sum(loss for _, loss in points) / 5 for points in (curve[:5], curve[-5:]))
-    assert last < 0.7 * first  # the separable toy SST-2 is learned
+    assert last < 0.5 * first  # the separable toy SST-2 is learned
     assert training["init_time_s"] > 0 and training["step_time_s"] > 0 and training["peak_memory_bytes"] > 0
 
     # Resume: finished (label, task) pairs are skipped; a removed summary is redone alone.
-    (tmp_path / "nlora-seed1" / "glue_stsb" / "summary.json").unlink()
+    (tmp_path / "nlora-seed0" / "glue_stsb" / "summary.json").unlink()
     calls = []
     real = glue.finetune
 
@@ -152,8 +153,8 @@ def test_finetune_writes_results_and_resumes(tiny_bert: Path, tmp_path: Path, mo
 
     monkeypatch.setattr(glue, "finetune", counting)
     again = glue.run_all(settings, run_dir=tmp_path)
-    assert calls == [("NLoRA", 1, 1)]
-    assert len(again) == 8 and sorted(s["label"] for s in again) == sorted(s["label"] for s in summaries)
+    assert calls == [("NLoRA", 0, 1)]
+    assert len(again) == 4 and sorted(s["label"] for s in again) == sorted(s["label"] for s in summaries)
 
 
 def test_custom_qnli_task_reads_the_demo_files(tmp_path: Path) -> None:
