@@ -125,21 +125,26 @@ def nystrom_factors(
     - ``optimal``: N = C^+ W R^+, the least-squares core for the same sampled C = W[:, J] and
       R = W[I, :] (the best approximation of W that these rows and columns allow; O(out·in·r)).
     """
-    w = weight.detach().float()
-    out_features, in_features = w.shape
+    weight = weight.detach()
+    out_features, in_features = weight.shape
     if not 0 < r <= min(out_features, in_features):
         raise ValueError(f"r={r} must be between 1 and min(out, in) = {min(out_features, in_features)}")
-    rows, cols = select_indices(w, r, index, generator)
-    rows, cols = rows.to(w.device), cols.to(w.device)
-    lora_A = w[cols, :].clone()
-    lora_B = w[:, rows].clone()
-    sampled_block = w[cols][:, rows]  # = W_t[J, I] = A_Wᵀ
+    rows, cols = select_indices(weight, r, index, generator)
+    rows, cols = rows.to(weight.device), cols.to(weight.device)
+    if index == "first":  # plain slices: no gather over the full matrix
+        lora_A = weight[:r, :].float().clone()
+        lora_B = weight[:, :r].float().clone()
+        sampled_block = lora_A[:, :r]
+    else:
+        lora_A = weight.index_select(0, cols).float()
+        lora_B = weight.index_select(1, rows).float()
+        sampled_block = lora_A.index_select(1, rows)  # = W_t[J, I] = A_Wᵀ
     if core == "sample":
         lora_N = sampled_block.clone()
     elif core == "pinv":
         lora_N = guarded_pinv(sampled_block, pinv_rtol)
     elif core == "optimal":
-        lora_N = guarded_pinv(lora_B, pinv_rtol) @ w @ guarded_pinv(lora_A, pinv_rtol)
+        lora_N = guarded_pinv(lora_B, pinv_rtol) @ weight.float() @ guarded_pinv(lora_A, pinv_rtol)
     else:
         raise ValueError(f"nystrom_core={core!r} is not one of 'sample', 'pinv', 'optimal'")
     return NystromFactors(lora_A, lora_N, lora_B, rows, cols)
