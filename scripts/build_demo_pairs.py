@@ -1,10 +1,12 @@
 """Build the `make demo` NLU task (QNLI format) from GSM8K, once; the output ships in the package.
 
 Each sampled GSM8K problem gives two rows: its question with one step of its own worked solution
-(label `entailment`: the step belongs to this problem) and with one step of the solution of the
-problem whose question is most similar by TF-IDF (label `not_entailment`). Neighbours share topic and
-wording, so the model has to check quantities and entities, not the topic. Every question appears once
-with each label, so the question alone tells nothing.
+(label `entailment`: the step belongs to this problem) and with one step of another problem's solution
+(label `not_entailment`). For half of the problems (drawn at random) that other problem is the one whose
+question is most similar by TF-IDF: it shares topic and wording, so the model has to check quantities
+and entities (hard); for the other half it is a random problem (easier). With only the hard half, the
+demo's 30 fine-tuning steps stayed at chance for every method; with only the easy half the task is too
+easy to separate methods. Every question appears once with each label, so the question alone tells nothing.
 
 Usage: python scripts/build_demo_pairs.py --gsm8k /work/shared/data/gsm8k --out eval_harness/data/demo_pairs
 """
@@ -24,7 +26,8 @@ from eval_harness.results import atomic_write_text
 
 CALCULATOR = re.compile(r"<<[^>]*>>")
 # split name -> (GSM8K file, number of problems; each gives 2 rows)
-SPLITS = {"train": ("train.jsonl", 400), "dev": ("train.jsonl", 125), "test": ("test.jsonl", 250)}
+SPLITS = {"train": ("train.jsonl", 300), "dev": ("train.jsonl", 100), "test": ("test.jsonl", 150)}
+HARD_FRACTION = 0.5  # share of negatives taken from the TF-IDF nearest neighbour
 SEED = 0
 
 
@@ -58,7 +61,11 @@ def build_split(problems: list[dict], chosen: list[int], rng: random.Random) -> 
     for index in chosen:
         question = clean(problems[index]["question"])
         own = rng.choice(solution_steps(problems[index]["answer"]))
-        other = rng.choice(solution_steps(problems[neighbour[index]]["answer"]))
+        if rng.random() < HARD_FRACTION:
+            other_index = neighbour[index]
+        else:
+            other_index = rng.choice([other for other in range(len(problems)) if other != index])
+        other = rng.choice(solution_steps(problems[other_index]["answer"]))
         rows.append((question, clean(own), "entailment"))
         rows.append((question, clean(other), "not_entailment"))
     rng.shuffle(rows)
