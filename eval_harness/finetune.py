@@ -2,19 +2,22 @@
 
 What is measured (written to training.json):
 - `init_time_s`: wall time of `get_peft_model(model, config)` (the adapter's initialisation).
-- `step_time_s`: mean wall time of an optimizer step (forward, backward, AdamW, schedule), first steps excluded.
+- `step_time_s`: median wall time of an optimizer step (forward, backward, AdamW, schedule), first steps
+  excluded (the median, so a stall caused by other processes on a shared machine does not move it).
 - `peak_memory_bytes`: on CUDA, `torch.cuda.max_memory_allocated` over training. On CPU there is no
   allocator counter, so it is the training-state bytes we can count exactly: every parameter (frozen
   included) + the gradients + the AdamW state + the largest set of tensors autograd saved for backward in
   one step (counted through `saved_tensors_hooks`, each storage once, parameters excluded). It leaves out
   transient buffers freed inside an op, so it is a lower bound of the process's peak, equal for all methods.
-- `loss_curve`: [step, mean training loss over the steps since the previous point] (at most ~100 points).
+- `loss_curve`: [step, mean training loss over the steps since the previous point] (at most ~100 points);
+  the point of step 1 is the first batch's loss at the initial weights.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -232,7 +235,7 @@ def finetune(
         predictions=predictions,
         loss_curve=curve,
         init_time_s=init_time,
-        step_time_s=sum(step_times) / len(step_times),
+        step_time_s=statistics.median(step_times),
         peak_memory_bytes=int(peak),
         trainable_params=n_trainable,
         steps=steps,
