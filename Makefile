@@ -45,7 +45,8 @@ test: $(STAMP) system-deps test-core-peft021
 	$(PY) -m pytest -q -rs
 
 test-core-peft021: $(STAMP021)
-	$(PY021) -m pytest -q -p no:cacheprovider tests/nlora_plugin --ignore=tests/nlora_plugin/axolotl
+	$(PY021) -m pytest -q -p no:cacheprovider tests/nlora_plugin --ignore=tests/nlora_plugin/axolotl \
+	  --ignore=tests/nlora_plugin/test_cli.py  # the CLI tests need MiniLM and matplotlib (main venv only)
 
 demo: $(STAMP) system-deps
 	$(PY) -m eval_harness.demo
