@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from peft import LoraConfig, PeftConfig
 
 from eval_harness.errors import ConfigError
+from eval_harness.results import SLUG, label_folder
 
 # name -> (default report label, fixed NLoraConfig fields or None for PEFT LoraConfig, LoraConfig init)
 METHOD_NAMES: dict[str, str] = {
@@ -35,7 +35,6 @@ COMMON_FIELDS = ("name", "label", "r", "lora_alpha", "learning_rate", "target_mo
 LORA_ONLY_FIELDS: tuple[str, ...] = ()
 # NLoraConfig fields a method entry may set (the rest are set here: head, task type, fixed init fields).
 NLORA_EXTRA_FIELDS = ("nystrom_core", "nystrom_index", "pinv_rtol", "residual", "slora_n_init", "seed", "bias")
-SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class MethodSpec:
     @property
     def folder(self) -> str:
         """The label as a folder name (`NLoRA (pivoted)` -> `nlora-pivoted`)."""
-        return SLUG.sub("-", self.label.lower()).strip("-")
+        return label_folder(self.label)
 
     def run_label(self, seed: int) -> str:
         """`<label>` of the run directory for one seed."""

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
+
+SLUG = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def label_folder(label: str) -> str:
+    """A method label as the name of its run folders (`NLoRA (pivoted)` -> `nlora-pivoted`)."""
+    return SLUG.sub("-", label.lower()).strip("-")
 
 
 def _default_file_mode() -> int:

@@ -1,12 +1,14 @@
 """Build the `make demo` NLU task (QNLI format) from GSM8K, once; the output ships in the package.
 
-Each sampled GSM8K problem gives two rows: its question with one step of its own worked solution
-(label `entailment`: the step belongs to this problem) and with one step of another problem's solution
-(label `not_entailment`). For half of the problems (drawn at random) that other problem is the one whose
-question is most similar by TF-IDF: it shares topic and wording, so the model has to check quantities
-and entities (hard); for the other half it is a random problem (easier). With only the hard half, the
-demo's 30 fine-tuning steps stayed at chance for every method; with only the easy half the task is too
-easy to separate methods. Every question appears once with each label, so the question alone tells nothing.
+QNLI asks whether a sentence answers a question. Here the question is the asking sentence of a GSM8K
+problem (its last sentence, "How many ... ?") and the sentence is the last line of a worked solution,
+which states the asked quantity ("He gets 79 questions right in total."). Each sampled problem gives two
+rows: with its own final line (label `entailment`) and with another problem's (label `not_entailment`).
+For half of the problems (drawn at random) that other problem is the one whose question is most similar
+by TF-IDF (same topic and wording: hard); for the other half it is a random problem (easier). Every
+question appears once with each label, so the question alone tells nothing. Both texts are short (about
+30 tokens together), so a fine-tune of 100 steps fits the demo's time on two CPU cores; an earlier version
+(the whole question with a random line of the solution, 64 tokens) stayed at chance in the steps it had.
 
 Usage: python scripts/build_demo_pairs.py --gsm8k /work/shared/data/gsm8k --out eval_harness/data/demo_pairs
 """
@@ -25,6 +27,7 @@ from sklearn.neighbors import NearestNeighbors
 from eval_harness.results import atomic_write_text
 
 CALCULATOR = re.compile(r"<<[^>]*>>")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 # split name -> (GSM8K file, number of problems; each gives 2 rows)
 SPLITS = {"train": ("train.jsonl", 300), "dev": ("train.jsonl", 100), "test": ("test.jsonl", 150)}
 HARD_FRACTION = 0.5  # share of negatives taken from the TF-IDF nearest neighbour
@@ -35,6 +38,11 @@ def solution_steps(answer: str) -> list[str]:
     """The worked solution's lines, calculator annotations removed, final '#### N' line dropped."""
     lines = [CALCULATOR.sub("", line).strip() for line in answer.split("\n")]
     return [line for line in lines if line and not line.startswith("####")]
+
+
+def asking_sentence(question: str) -> str:
+    """The last sentence of a GSM8K question: the one that asks for the answer."""
+    return SENTENCE_END.split(clean(question))[-1]
 
 
 def clean(text: str) -> str:
@@ -55,17 +63,17 @@ def nearest_other(problems: list[dict]) -> list[int]:
 
 
 def build_split(problems: list[dict], chosen: list[int], rng: random.Random) -> list[tuple[str, str, str]]:
-    """Two rows (positive, negative) per chosen problem, in a shuffled order."""
+    """Two rows (asking sentence with its own / another problem's final line) per problem, shuffled."""
     neighbour = nearest_other(problems)
     rows = []
     for index in chosen:
-        question = clean(problems[index]["question"])
-        own = rng.choice(solution_steps(problems[index]["answer"]))
+        question = asking_sentence(problems[index]["question"])
+        own = solution_steps(problems[index]["answer"])[-1]
         if rng.random() < HARD_FRACTION:
             other_index = neighbour[index]
         else:
             other_index = rng.choice([other for other in range(len(problems)) if other != index])
-        other = rng.choice(solution_steps(problems[other_index]["answer"]))
+        other = solution_steps(problems[other_index]["answer"])[-1]
         rows.append((question, clean(own), "entailment"))
         rows.append((question, clean(other), "not_entailment"))
     rng.shuffle(rows)

