@@ -164,3 +164,21 @@ def test_custom_qnli_task_reads_the_demo_files(tmp_path: Path) -> None:
         where="benchmarks.glue", base_dir=tmp_path)
     task = settings.tasks[0].task
     assert task.eval_files == {"glue_demo": "test.tsv"} and task.label_names == ("entailment", "not_entailment")
+
+
+def test_saved_activation_bytes_depend_only_on_the_batch_length_and_grow_with_it(tiny_bert: Path) -> None:
+    """The premise of finetune counting saved tensors only on a batch longer than any counted before."""
+    from transformers import AutoModelForSequenceClassification
+
+    from eval_harness.finetune import SavedTensorCounter
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    counter = SavedTensorCounter(model)
+    per_length = {}
+    for length in (5, 9, 16, 9, 5):
+        with counter.hooks():
+            loss = model(input_ids=torch.randint(100, 200, (4, length)), labels=torch.zeros(4, dtype=torch.long)).loss
+        loss.backward()
+        per_length.setdefault(length, []).append(counter.bytes)
+    assert all(len(set(sizes)) == 1 for sizes in per_length.values())  # same length, same bytes
+    assert per_length[5][0] < per_length[9][0] < per_length[16][0]  # and they grow with the length
