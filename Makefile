@@ -47,7 +47,7 @@ $(STAMP021): constraints-peft021.txt
 	touch $(STAMP021)
 
 test: $(STAMP) system-deps test-core-peft021
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --durations=20
 
 test-core-peft021: $(STAMP021)
 	$(PY021) -m pytest -q -p no:cacheprovider tests/nlora_plugin --ignore=tests/nlora_plugin/axolotl \
