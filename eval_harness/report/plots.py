@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import os
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
 BASELINE_COLOR = "#7f7f7f"
+TICK_LABEL_WIDTH = 14  # characters per line of a bar's label, so long method names do not overlap
 
 
 def _pyplot():
@@ -72,7 +74,8 @@ def benchmark_bars(results: dict[str, Any], bench: dict[str, Any], path: Path) -
     ax.set_xticks(range(len(methods)))
     baselines = {row["key"] for row in results["rows"] if row["is_baseline"]}
     names = _names(results, methods)
-    ax.set_xticklabels([f"{names[m]}\n(baseline)" if m in baselines else names[m] for m in methods], fontsize=9)
+    labels = [textwrap.fill(names[m], TICK_LABEL_WIDTH) + ("\n(baseline)" if m in baselines else "") for m in methods]
+    ax.set_xticklabels(labels, fontsize=9)
     unit = " (%)" if bench["percent"] else ""
     ax.set_ylabel(f"{bench['primary_metric']}{unit}")
     ax.set_title(f"{bench['name']}: {bench['primary_metric']} with 95 % bootstrap CI")
