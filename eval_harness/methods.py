@@ -15,7 +15,7 @@ from typing import Any
 from peft import LoraConfig, PeftConfig
 
 from eval_harness.errors import ConfigError
-from eval_harness.results import SLUG, label_folder
+from eval_harness.results import SLUG, label_folder, seed_run_folder
 
 # name -> (default report label, fixed NLoraConfig fields or None for PEFT LoraConfig, LoraConfig init)
 METHOD_NAMES: dict[str, str] = {
@@ -57,7 +57,7 @@ class MethodSpec:
 
     def run_label(self, seed: int) -> str:
         """`<label>` of the run directory for one seed."""
-        return f"{self.folder}-seed{seed}"
+        return seed_run_folder(self.label, seed)
 
 
 def build_peft_config(spec: MethodSpec, *, head_modules: list[str], task_type: str | None = "SEQ_CLS",

@@ -12,9 +12,17 @@ from typing import Any
 SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+SEED_SUFFIX = "-seed"  # a fine-tuned method's run folder is <label folder>-seed<k>
+
+
 def label_folder(label: str) -> str:
     """A method label as the name of its run folders (`NLoRA (pivoted)` -> `nlora-pivoted`)."""
     return SLUG.sub("-", label.lower()).strip("-")
+
+
+def seed_run_folder(label: str, seed: int) -> str:
+    """The run folder of one seed of a fine-tuned method (`NLoRA (pivoted)`, 1 -> `nlora-pivoted-seed1`)."""
+    return f"{label_folder(label)}{SEED_SUFFIX}{seed}"
 
 
 def _default_file_mode() -> int:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from eval_harness.errors import ConfigError
-from eval_harness.results import ItemLog, label_folder, read_json
+from eval_harness.results import SEED_SUFFIX, ItemLog, label_folder, read_json
 
 from .stats import Sample
 
@@ -131,7 +131,7 @@ def _label_dirs(run_dir: Path, run: dict[str, Any]) -> list[Path]:
     models = config.get("models") or []
     ordered = [run_dir / str(model["label"]) for model in models if isinstance(model, dict) and "label" in model]
     for method in _finetuned_methods(config):
-        prefix = f"{label_folder(str(method['label']))}-seed"
+        prefix = label_folder(str(method["label"])) + SEED_SUFFIX
         ordered += sorted((path for path in run_dir.glob(f"{prefix}*") if path.name[len(prefix):].isdigit()),
                           key=lambda path: int(path.name[len(prefix):]))
     ordered = list(dict.fromkeys(ordered))

@@ -14,7 +14,7 @@ import pytest
 
 from eval_harness.report import ReportError, build_report
 from eval_harness.report.compare import format_params
-from eval_harness.results import label_folder, read_json
+from eval_harness.results import read_json, seed_run_folder
 from tests.fixtures.report.synthetic import (
     binary_scores,
     reference_metrics,
@@ -290,8 +290,7 @@ def test_glue_only_run_is_named_after_its_model_and_keeps_the_config_order(tmp_p
     (run / "run.json").write_text(json.dumps(config))
     for method in methods:
         for seed in (10, 2):  # seed 10 sorts before seed 2 by name: the order must be numeric
-            label = f"{label_folder(method['label'])}-seed{seed}"
-            write_mean_result(run, label, method["label"], seed, "glue_qnli", binary_scores(0.6, 50, rng))
+            write_mean_result(run, seed_run_folder(method["label"], seed), method["label"], seed, "glue_qnli", binary_scores(0.6, 50, rng))
     results = read_json(build_report([run], tmp_path / "out", n_resamples=RESAMPLES) / "results.json")
     assert results["methods"] == ["LoRA", "SLoRA", "NLoRA (pivoted)", "IntTune"]
     assert results["models"] == ["all-MiniLM-L6-v2"]
