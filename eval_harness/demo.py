@@ -141,13 +141,23 @@ def run_nlg(runs: Path) -> Path:
     return out
 
 
+def configure_logging() -> None:
+    """Demo progress as `HH:MM:SS demo: ...`; other libraries' warnings keep their own logger name."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s demo: %(message)s", datefmt="%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m eval_harness.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "demo", help="where finished runs are kept")
     parser.add_argument("--report", type=Path, default=REPO / "reports" / "demo", help="report folder")
     parser.add_argument("--skip-nlg", action="store_true", help="only the NLU comparison")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s demo: %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     start = time.monotonic()
     run_dirs = [run_nlu(args.runs)]
     logger.info("NLU comparison done after %.0f s", time.monotonic() - start)
