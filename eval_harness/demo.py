@@ -25,7 +25,7 @@ import yaml
 
 from .results import atomic_write_text
 
-logger = logging.getLogger("eval_harness.demo")
+logger = logging.getLogger("demo")  # its name is the prefix of every progress line
 
 REPO = Path(__file__).resolve().parents[1]
 NLU_CONFIG = REPO / "example_configs" / "eval" / "demo_nlu.yaml"
@@ -144,11 +144,7 @@ def run_nlg(runs: Path) -> Path:
 def configure_logging() -> None:
     """Demo progress as `HH:MM:SS demo: ...`; other libraries' warnings keep their own logger name."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s demo: %(message)s", datefmt="%H:%M:%S"))
-    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> None:
