@@ -14,6 +14,7 @@ from nlora_plugin import NLoraConfig  # importing the core registers the PEFT me
 from nlora_plugin.distributed import is_zero3_partitioned
 
 from .args import ADAPTERS, NLoraOptions
+from .portable import convert_final_adapter, keep_initial_adapter, record_training
 
 LOG = get_logger("axolotl.integrations.nlora")  # Axolotl prints INFO only from "axolotl.*" loggers
 
@@ -64,6 +65,10 @@ def build_nlora_config(model: PreTrainedModel, cfg: DictDefault) -> NLoraConfig:
 class NLoraPlugin(BasePlugin):
     """Registers ``adapter: nlora | slora | inttune`` and the ``nlora:`` config block with Axolotl."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._trainer = None
+
     def get_input_args(self) -> str:
         return "nlora_plugin.axolotl.args.NLoraArgs"
 
@@ -99,6 +104,18 @@ class NLoraPlugin(BasePlugin):
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:
             peft_model.print_trainable_parameters()
         return peft_model, peft_model.peft_config["default"]
+
+    def post_lora_load(self, cfg: DictDefault, model: PreTrainedModel | PeftModel) -> None:
+        """A PiSSA-style LoRA (``adapter: lora``) keeps its step-0 factors, to be saved as plain LoRA."""
+        keep_initial_adapter(cfg, model)
+
+    def post_trainer_create(self, cfg: DictDefault, trainer) -> None:
+        self._trainer = trainer
+
+    def post_train(self, cfg: DictDefault, model: PreTrainedModel | PeftModel) -> None:
+        """Record the training budget; once the final adapter is saved, make a PiSSA-style one portable."""
+        record_training(cfg, self._trainer)
+        convert_final_adapter(cfg)
 
 
 __all__ = ["NLoraPlugin", "build_nlora_config"]
