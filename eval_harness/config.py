@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from eval_harness.adapters import check_adapter_folder
 from eval_harness.errors import ConfigError
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -70,6 +71,8 @@ class ModelEntry:
     method: str
     adapter: Path | None = None
     seed: int | None = None
+    expect_identity: bool = False  # True: the adapter is meant to leave the outputs unchanged (checked)
+    intended_differences: tuple[str, ...] = ()  # budget fields the report may see differ from the baseline
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,9 @@ def _join(where: str, name: str) -> str:
 # --------------------------------------------------------------------------- the whole file
 
 TOP_FIELDS = ("base_model", "dtype", "device", "models", "generation", "benchmarks", "report", "notes")
-MODEL_FIELDS = ("label", "method", "adapter", "seed")
+MODEL_FIELDS = ("label", "method", "adapter", "seed", "expect_identity", "intended_differences")
+# budget fields the report compares across methods (see report.compare.parity_flags)
+BUDGET_FIELDS = ("samples", "rank", "learning_rate", "lr_schedule")
 GENERATION_FIELDS = ("batch_size", "max_new_tokens", "temperature", "top_p", "seed")
 
 
@@ -301,23 +306,26 @@ def _parse_models(section: Any, *, base_dir: Path) -> tuple[ModelEntry, ...]:
         if not isinstance(method, str):
             raise ConfigError(f"{where}.method: expected a string such as NLoRA, LoRA, PiSSA, got {method!r}")
         seed = get_int(fields, "seed", where=where, default=None)
-        entries.append(ModelEntry(label=label, method=method, adapter=adapter, seed=seed))
+        expect_identity = fields.get("expect_identity", False)
+        if not isinstance(expect_identity, bool):
+            raise ConfigError(f"{where}.expect_identity: expected true or false, got {expect_identity!r}")
+        if expect_identity and adapter is None:
+            raise ConfigError(f"{where}.expect_identity: only an entry with an `adapter` can expect identity; "
+                              "drop the field for the base model")
+        entries.append(ModelEntry(label=label, method=method, adapter=adapter, seed=seed,
+                                  expect_identity=expect_identity,
+                                  intended_differences=parse_intended_differences(
+                                      fields.get("intended_differences"), where=f"{where}.intended_differences")))
     return tuple(entries)
 
 
-def check_adapter_folder(adapter: Path, *, where: str) -> None:
-    """A PEFT adapter folder holds adapter_config.json and the adapter weights."""
-    if not (adapter / "adapter_config.json").is_file():
-        raise ConfigError(
-            f"{where}: {adapter} has no adapter_config.json, so it is not a PEFT adapter folder; point it at "
-            "the folder save_pretrained() wrote, or drop `adapter` to evaluate the base model"
-        )
-    if not any((adapter / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
-        raise ConfigError(f"{where}: {adapter} has adapter_config.json but no adapter_model.safetensors")
-    try:
-        json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{where}: {adapter / 'adapter_config.json'} is not valid JSON: {error}") from error
+def parse_intended_differences(value: Any, *, where: str) -> tuple[str, ...]:
+    """`intended_differences`: budget fields an entry is meant to differ in (e.g. IntTune's own lr)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or any(item not in BUDGET_FIELDS for item in value):
+        raise ConfigError(f"{where}: expected a list drawn from {', '.join(BUDGET_FIELDS)}, got {value!r}")
+    return tuple(value)
 
 
 def infer_method(adapter: Path | None) -> str:
@@ -331,7 +339,13 @@ def infer_method(adapter: Path | None) -> str:
             return "IntTune"
         return "SLoRA" if config.get("init_method") == "slora" else "NLoRA"
     if peft_type == "LORA":
-        init = config.get("init_lora_weights")
+        from nlora_plugin.convert import CONVERSION_RECORD
+
+        conversion = adapter / CONVERSION_RECORD  # a PiSSA/OLoRA adapter saved as plain LoRA on the original base
+        init = (json.loads(conversion.read_text(encoding="utf-8")).get("converted_from") if conversion.is_file()
+                else config.get("init_lora_weights"))
+        if isinstance(init, str) and init.lower() == "olora":
+            return "OLoRA"
         return "PiSSA" if isinstance(init, str) and init.lower().startswith("pissa") else "LoRA"
     return peft_type or "adapter"
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from peft import LoraConfig, PeftConfig
 
+from eval_harness.config import parse_intended_differences
 from eval_harness.errors import ConfigError
 from eval_harness.results import SLUG, label_folder, seed_run_folder
 
@@ -31,7 +32,8 @@ NLORA_FIXED: dict[str, dict[str, Any]] = {
     "inttune": {"init_method": "nlora", "train_only_intermediate": True},
 }
 LORA_INIT: dict[str, bool | str] = {"lora": True, "pissa": "pissa_niter_4"}
-COMMON_FIELDS = ("name", "label", "r", "lora_alpha", "learning_rate", "target_modules", "lora_dropout")
+COMMON_FIELDS = ("name", "label", "r", "lora_alpha", "learning_rate", "target_modules", "lora_dropout",
+                 "intended_differences")
 LORA_ONLY_FIELDS: tuple[str, ...] = ()
 # NLoraConfig fields a method entry may set (the rest are set here: head, task type, fixed init fields).
 NLORA_EXTRA_FIELDS = ("nystrom_core", "nystrom_index", "pinv_rtol", "residual", "slora_n_init", "seed", "bias")
@@ -49,6 +51,7 @@ class MethodSpec:
     target_modules: tuple[str, ...] | str = ("query", "value")
     lora_dropout: float = 0.0
     options: dict[str, Any] = field(default_factory=dict)  # extra NLoraConfig fields, passed through
+    intended_differences: tuple[str, ...] = ()  # budget fields the report may see differ from the baseline
 
     @property
     def folder(self) -> str:
@@ -107,6 +110,7 @@ def parse_method(item: Any, *, where: str) -> MethodSpec:
         target_modules=_targets(item.get("target_modules", ["query", "value"]), where=f"{where}.target_modules"),
         lora_dropout=_number(item, "lora_dropout", where=where, default=0.0, low=0.0, high=0.999),
         options={key: item[key] for key in NLORA_EXTRA_FIELDS if key in item},
+        intended_differences=parse_intended_differences(item.get("intended_differences"), where=f"{where}.intended_differences"),
     )
     try:
         build_peft_config(spec, head_modules=["classifier"])

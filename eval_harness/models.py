@@ -73,6 +73,8 @@ class ModelHandle:
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     dtype: str = "auto"
     device: str = "auto"
+    expect_identity: bool = False
+    probe: dict[str, float] | None = None  # set when the adapter loads (eval_harness.probe.probe_adapter)
 
     @classmethod
     def from_entry(cls, entry: ModelEntry, config: EvalConfig) -> ModelHandle:
@@ -85,6 +87,7 @@ class ModelHandle:
             generation=config.generation,
             dtype=config.dtype,
             device=config.device,
+            expect_identity=entry.expect_identity,
         )
 
     @cached_property
@@ -127,8 +130,15 @@ class ModelHandle:
             from peft import PeftModel
 
             import nlora_plugin  # noqa: F401  (registers the NLoRA PEFT method before loading)
+            from eval_harness.probe import check_all_tensors_loaded, probe_adapter
 
             model = PeftModel.from_pretrained(model, str(self.adapter), is_trainable=False)
+            check_all_tensors_loaded(model, self.adapter, label=self.label)
+            model = model.to(device).eval()
+            self.probe = probe_adapter(model, label=self.label, expect_identity=self.expect_identity)
+            logger.info("%s: the adapter moves the probe logits by %.3g (logit scale %.3g)", self.label,
+                        self.probe["max_abs_delta_logit"], self.probe["logit_scale"])
+            return model
         return model.to(device).eval()
 
     @cached_property

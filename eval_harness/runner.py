@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eval_harness.config import BENCHMARKS, EvalConfig
+from eval_harness.adapters import provenance
+from eval_harness.config import BENCHMARKS, EvalConfig, ModelEntry
 from eval_harness.errors import ConfigError
 from eval_harness.models import ModelHandle
 from eval_harness.results import atomic_write_json, read_json
@@ -57,6 +58,11 @@ def run_config(config: EvalConfig, output: Path, *, command: list[str]) -> list[
     for index, entry in enumerate(config.models, start=1):
         handle = ModelHandle.from_entry(entry, config)
         logger.info("model %d/%d: %s (%s)", index, len(config.models), entry.label, entry.method)
+        record = record_model(entry, config, output)
+        if per_model and not all((output / entry.label / key / "summary.json").is_file() for key, _ in per_model):
+            handle.model  # noqa: B018  (load, check and probe the adapter before any benchmark work)
+            if handle.probe is not None:
+                atomic_write_json(output / entry.label / MODEL_RECORD, {**record, "probe": handle.probe})
         for key, settings in per_model:
             out_dir = output / entry.label / key
             if (out_dir / "summary.json").is_file():
@@ -84,6 +90,34 @@ def run_config(config: EvalConfig, output: Path, *, command: list[str]) -> list[
             summaries.extend(BENCHMARKS[key].load().run_all(settings, run_dir=output))
             logger.info("%s: done (%.1f s)", key, time.perf_counter() - started)
     return summaries
+
+
+MODEL_RECORD = "model.json"  # <run>/<label>/model.json: what was evaluated under that label
+
+
+def record_model(entry: ModelEntry, config: EvalConfig, output: Path) -> dict[str, Any]:
+    """Write <run>/<label>/model.json (adapter hash, config, training budget); refuse a changed adapter on resume."""
+    path = output / entry.label / MODEL_RECORD
+    record = {
+        "label": entry.label,
+        "method": entry.method,
+        "seed": entry.seed,
+        "expect_identity": entry.expect_identity,
+        "intended_differences": list(entry.intended_differences),
+        "provenance": provenance(entry.adapter, config.base_model),
+    }
+    if path.is_file():
+        previous = read_json(path)
+        for field in ("adapter_sha256", "base_config_sha256"):
+            if previous.get("provenance", {}).get(field) != record["provenance"].get(field):
+                raise ConfigError(
+                    f"models[{entry.label}]: {field} differs from the one recorded when this run started "
+                    f"({path}): the files changed, so resuming would mix two models' results; choose a new --output"
+                )
+        if "probe" in previous:
+            record["probe"] = previous["probe"]
+    atomic_write_json(path, record)
+    return record
 
 
 def run_mt_bench_pairwise(config: EvalConfig, output: Path) -> list[dict[str, Any]]:

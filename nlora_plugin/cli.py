@@ -1,4 +1,4 @@
-"""The ``nlora`` command: ``init-bench``, ``export-lora`` and ``merge``.
+"""The ``nlora`` command: ``init-bench``, ``export-lora``, ``convert-lora`` and ``merge``.
 
 Arguments are checked before any model is loaded; a bad one stops the command with a message that
 names the argument and the fix (exit status 2). ``export-lora`` exits with status 1 when the exported
@@ -247,6 +247,69 @@ def cmd_export_lora(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_lora(args: argparse.Namespace) -> int:
+    """A PiSSA/OLoRA-style LoRA adapter rewritten as plain LoRA on the original base (nlora_plugin.convert)."""
+    from .convert import base_rewrite, is_reproducible_on_load
+
+    config = read_adapter_config(args.adapter, "--adapter")
+    init = base_rewrite(config)
+    if init is None:
+        raise CliError(f"--adapter {args.adapter}: init_lora_weights={config.get('init_lora_weights')!r} does not "
+                       "rewrite the base weight, so the adapter is already plain LoRA on the original base")
+    if (args.base is None) == (args.initial_adapter is None):
+        raise CliError("pass exactly one of --base (the original base model, to recompute a deterministic init) and "
+                       "--initial-adapter (the step-0 adapter saved before training)")
+    if args.base is not None:
+        check_model_dir(args.base, "--base")
+        if not is_reproducible_on_load(init):
+            raise CliError(f"--base: init_lora_weights={init!r} is randomized or data-dependent, so its step-0 adapter "
+                           "cannot be recomputed from the base; pass --initial-adapter (the adapter saved before "
+                           "training), or retrain with the NLoRA Axolotl plugin listed, which saves it converted")
+    else:
+        initial = read_adapter_config(args.initial_adapter, "--initial-adapter")
+        if (initial.get("r"), initial.get("init_lora_weights")) != (config.get("r"), init):
+            raise CliError(f"--initial-adapter {args.initial_adapter}: r={initial.get('r')}, init_lora_weights="
+                           f"{initial.get('init_lora_weights')!r} do not match the adapter's r={config.get('r')}, "
+                           f"{init!r}; pass the step-0 adapter of this training run")
+    sources = [path for path in (args.adapter, args.base, args.initial_adapter) if path is not None]
+    check_output_dir(args.output, args.overwrite, sources)
+
+    import tempfile
+
+    import torch
+
+    from .convert import convert_adapter_folder, recompute_initial_adapter
+
+    with tempfile.TemporaryDirectory(prefix="nlora-initial-") as scratch:
+        initial_dir = args.initial_adapter
+        if initial_dir is None:
+            logger.info("recomputing the step-0 %s adapter from %s", init, args.base)
+            initial_dir = recompute_initial_adapter(args.adapter, args.base, Path(scratch) / "initial")
+        convert_adapter_folder(args.adapter, initial_dir, args.output)
+    print(f"converted {args.adapter} ({init}, r={config['r']}) -> {args.output} (plain LoRA, r={2 * int(config['r'])}, "
+          "on the original base)")
+    if args.base is None:
+        return 0
+    task_type = config.get("task_type")
+    logger.info("verifying: PEFT's own reload of the %s adapter vs the plain LoRA, random batch %s", init, VERIFY_BATCH)
+    original = load_adapter(load_base(args.base, task_type, "float32"), args.adapter)
+    input_ids = random_batch(original)
+    with torch.no_grad():
+        expected = _model_output(original, input_ids)
+        actual = _model_output(load_adapter(load_base(args.base, task_type, "float32"), args.output), input_ids)
+    max_diff = float((expected - actual).abs().max())
+    scale = float(expected.abs().max())
+    print(f"max |delta logits| = {max_diff:.3e}  (max |logits| = {scale:.3e})")
+    if not max_diff <= 1e-4 * max(1.0, scale):
+        import shutil
+
+        shutil.rmtree(args.output, ignore_errors=True)
+        print("convert check FAILED: the plain LoRA does not reproduce the adapter; nothing was kept", file=sys.stderr)
+        return 1
+    print("convert check passed")
+    return 0
+
+
 def tokenizer_files(base: Path) -> list[Path]:
     """The tokenizer files the base folder has (`merge` writes them with the merged weights)."""
     return [base / name for name in TOKENIZER_FILES if (base / name).is_file()]
@@ -290,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import DEFAULT_METHODS, METHODS
 
     parser = argparse.ArgumentParser(
-        prog="nlora", description="NLoRA tools: init-time benchmark, LoRA export, merge."
+        prog="nlora", description="NLoRA tools: init-time benchmark, LoRA export, PiSSA-to-LoRA conversion, merge."
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only print results, no progress messages")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -367,6 +430,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail if max |delta logits| > tolerance x max(1, max |logits|) (default 1e-4; float32)",
     )
     export.set_defaults(handler=cmd_export_lora)
+    convert = commands.add_parser(
+        "convert-lora",
+        help="rewrite a PiSSA/OLoRA LoRA adapter as plain LoRA on the original base (rank 2r, same scale)",
+        description="PEFT rebuilds a PiSSA/OLoRA adapter's residual base when it loads it (randomly for "
+        "pissa_niter_*). The trained model is W + s(BA - B0A0): written as a plain LoRA A'=[A; A0], B'=[B, -B0], "
+        "any tool loads it on the untouched base. Needs the step-0 adapter: recomputed from --base for pissa/olora, "
+        "or given as --initial-adapter.",
+    )
+    convert.add_argument("--adapter", type=Path, required=True, metavar="ADAPTER_DIR", help="trained LoRA adapter")
+    convert.add_argument("--base", type=Path, metavar="MODEL_DIR", help="original base model (pissa, olora)")
+    convert.add_argument("--initial-adapter", type=Path, metavar="ADAPTER_DIR",
+                         help="the step-0 adapter saved before training (any init, pissa_niter_* included)")
+    convert.add_argument("--output", type=Path, required=True, metavar="OUT_DIR", help="folder to write")
+    convert.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    convert.set_defaults(handler=cmd_convert_lora)
     merge.add_argument(
         "--dtype",
         choices=DTYPES,

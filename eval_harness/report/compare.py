@@ -15,6 +15,15 @@ from tqdm import tqdm
 
 from eval_harness.versions import package_versions
 
+from .budget import (
+    NOT_CONFIGURATION,
+    adapter_budget,
+    check_baseline_not_split,
+    describe_flag,
+    glue_budget,
+    parity_flags,
+    split_configurations,
+)
 from .load import ReportError, Runs, SeedResult
 from .stats import CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_ci, paired_test
 
@@ -62,6 +71,8 @@ def compare(runs: Runs, baseline: str | None, *, n_resamples: int = DEFAULT_RESA
     Rows are methods (the seeds of a method pooled); when the runs use several base models a row is
     (model, method) and each is compared with the baseline method on the same model.
     """
+    split_notes = split_configurations(runs, {(str(r.run_dir), r.label): _configuration(r) for r in runs.results})
+    check_baseline_not_split(baseline, runs)
     if baseline is not None and baseline not in runs.methods:
         raise ReportError(f"baseline {baseline!r} is not a method in these runs; use one of {runs.methods} "
                           "(--baseline or report.baseline in the eval YAML)")
@@ -84,10 +95,19 @@ def compare(runs: Runs, baseline: str | None, *, n_resamples: int = DEFAULT_RESA
             test = _significance(seeds, base_seeds, bench, n_resamples, seed)
             if test is not None:
                 significance.setdefault(bench["key"], {})[key] = {**test, "baseline_row": baseline_of[key]}
+    budgets = {key: _row_budget(runs, key) for key in keys}
+    first_row_of = {row["key"]: next((other["key"] for other in rows if other["model"] == row["model"]
+                                      and budgets[other["key"]] is not None), None) for row in rows}
+    flags = parity_flags(budgets, baseline_of, first_row_of)
+    warnings += [f"Unequal budgets: {key} vs {items[0]['reference']}: " + "; ".join(map(describe_flag, items))
+                 + " (declare intended differences with `intended_differences:` in the eval YAML)"
+                 for key, items in flags.items()]
     for row in rows:
         params = _trainable_params(runs, row["key"], warnings)
         table[row["key"]] = {"model": row["model"], "method": row["method"], "trainable_params": params,
-                             "params_display": format_params(params), "benchmarks": {}}
+                             "params_display": format_params(params), "benchmarks": {},
+                             "budget": budgets[row["key"]], "budget_flags": flags.get(row["key"], []),
+                             "evaluated": _evaluated(runs, row["key"])}
         for bench in benchmarks:
             cell = all_metrics.get(bench["key"], {}).get(row["key"], {}).get(bench["primary_metric"])
             if cell is not None:
@@ -118,8 +138,60 @@ def compare(runs: Runs, baseline: str | None, *, n_resamples: int = DEFAULT_RESA
         "runs": [_run_record(info) for info in runs.run_infos],
         "report_versions": package_versions(REPORT_PACKAGES),
         "skipped": runs.skipped,
+        "configuration_notes": split_notes,
         "warnings": warnings,
     }
+
+
+def _configuration(result: SeedResult) -> dict[str, Any]:
+    """Everything a label was made with but its seed: adapter config and training settings, or the GLUE spec."""
+    if result.record is not None:
+        provenance = result.record.get("provenance") or {}
+        training = {key: value for key, value in (provenance.get("training") or {}).items()
+                    if key not in NOT_CONFIGURATION}
+        return _canonical({"adapter_config": provenance.get("adapter_config"), "training": training,
+                           "conversion": provenance.get("conversion")})
+    extra = result.summary.get("extra") or {}
+    if extra.get("method_spec"):
+        return _canonical({"method_spec": extra["method_spec"], "train": extra.get("train")})
+    return {}
+
+
+def _canonical(value: Any) -> Any:
+    """Lists of names sorted (PEFT saves target_modules from a set, in no fixed order)."""
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, list):
+        items = [_canonical(item) for item in value]
+        return sorted(items) if all(isinstance(item, str) for item in items) else items
+    return value
+
+
+def _row_budget(runs: Runs, row: str) -> dict[str, Any] | None:
+    """The training budget of a row (its seeds share one configuration), or None (base model, not recorded)."""
+    for bench in runs.benchmarks:
+        for result in runs.seeds(row, bench):
+            budget = adapter_budget(result.record) if result.record is not None else glue_budget(result.summary)
+            if budget is not None:
+                return budget
+    return None
+
+
+def _evaluated(runs: Runs, row: str) -> list[dict[str, Any]]:
+    """Per label of the row: what was evaluated (adapter hash, step-0 figures, reload probe) from model.json."""
+    seen: dict[str, dict[str, Any]] = {}
+    for bench in runs.benchmarks:
+        for result in runs.seeds(row, bench):
+            if result.record is None or result.label in seen:
+                continue
+            provenance = result.record.get("provenance") or {}
+            seen[result.label] = {"label": result.label, "adapter": provenance.get("adapter"),
+                                  "adapter_sha256": provenance.get("adapter_sha256"),
+                                  "base_config_sha256": provenance.get("base_config_sha256"),
+                                  "init_diagnostics": provenance.get("init_diagnostics"),
+                                  "converted_from": (provenance.get("conversion") or {}).get("converted_from"),
+                                  "probe": result.record.get("probe")}
+    return list(seen.values())
 
 
 def _benchmark_info(runs: Runs, key: str) -> dict[str, Any]:
@@ -144,7 +216,6 @@ def _all_metrics(seeds: list[SeedResult], n_resamples: int, rng_seed: int,
     kind = seeds[0].metric_kind
     primary = seeds[0].summary["primary_metric"]
     names = list(dict.fromkeys(name for s in seeds for name in s.summary["metrics"]))
-    samples = [s.sample for s in seeds]
     cells = {}
     for name in names:
         values = [s.summary["metrics"].get(name) for s in seeds]
@@ -153,7 +224,8 @@ def _all_metrics(seeds: list[SeedResult], n_resamples: int, rng_seed: int,
             continue
         cell = {"estimate": float(np.mean(values)), "ci_low": None, "ci_high": None, "n_seeds": len(values),
                 "seed_values": values, "labels": [s.label for s in seeds], "n_items": None}
-        recomputable = _in_metrics(name) if kind == "corpus" else name == primary
+        samples = [s.sample if kind == "corpus" or name == primary else s.metric_samples.get(name) for s in seeds]
+        recomputable = _in_metrics(name) if kind == "corpus" else True
         if recomputable and all(sample is not None for sample in samples) and len(values) == len(seeds):
             interval = bootstrap_ci(samples, name if kind == "corpus" else None,
                                     n_resamples=n_resamples, seed=rng_seed)

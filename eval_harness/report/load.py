@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,8 @@ class SeedResult:
     benchmark: str
     summary: dict[str, Any]
     sample: Sample | None  # None when items.jsonl is missing or empty: no CI then
+    metric_samples: dict[str, Sample] = field(default_factory=dict)  # other mean metrics with per-item scores
+    record: dict[str, Any] | None = None  # <label>/model.json: what was evaluated (adapter hash, budget, probe)
 
     @property
     def metric_kind(self) -> str:
@@ -91,6 +95,11 @@ class Runs:
         """A row's seeds on one benchmark, ordered by seed (None first), then label."""
         found = [r for r in self.results if self.row_key(r.model, r.method) == row and r.benchmark == benchmark]
         return sorted(found, key=lambda r: (r.seed is not None, r.seed if r.seed is not None else 0, r.label))
+
+    def rename_methods(self, new_name: Callable[[SeedResult | TrainingResult], str | None]) -> None:
+        """Give results and trainings the method name `new_name` returns for them (None: keep it)."""
+        self.results = [dataclasses.replace(r, method=new_name(r) or r.method) for r in self.results]
+        self.trainings = [dataclasses.replace(t, method=new_name(t) or t.method) for t in self.trainings]
 
     def training(self, row: str) -> list[TrainingResult]:
         found = [t for t in self.trainings if self.row_key(t.model, t.method) == row]
@@ -159,7 +168,13 @@ def model_name(run: dict[str, Any]) -> str:
     return PACKAGED_MODEL_NAMES.get(name, name)
 
 
+MODEL_RECORD = "model.json"  # eval_harness.runner.MODEL_RECORD
+# per-item score keys of secondary mean metrics, for runs whose summary.json predates `item_score_keys`
+LEGACY_ITEM_SCORE_KEYS = {"gsm8k": {"exact_match_flexible": "exact_match,flexible-extract"}}
+
+
 def _load_label(run_dir: Path, model: str, label_dir: Path, runs: Runs) -> None:
+    record = read_json(label_dir / MODEL_RECORD) if (label_dir / MODEL_RECORD).is_file() else None
     for bench_dir in sorted(path for path in label_dir.iterdir() if path.is_dir()):
         summary_path = bench_dir / "summary.json"
         if not summary_path.is_file():
@@ -173,10 +188,12 @@ def _load_label(run_dir: Path, model: str, label_dir: Path, runs: Runs) -> None:
             raise ReportError(f"{summary_path} lacks the field(s) {missing}; see docs/eval_harness_contract.md")
         if summary["metric_kind"] not in ("mean", "corpus"):
             raise ReportError(f"{summary_path}: metric_kind is {summary['metric_kind']!r}; use 'mean' or 'corpus'")
+        items = bench_dir / "items.jsonl"
         runs.results.append(SeedResult(
             run_dir=run_dir, model=model, label=str(summary["label"]), method=str(summary["method"]),
             seed=summary.get("seed"), benchmark=str(summary["benchmark"]), summary=summary,
-            sample=_read_sample(bench_dir / "items.jsonl", summary["metric_kind"]),
+            sample=_read_sample(items, summary["metric_kind"]), metric_samples=_metric_samples(items, summary),
+            record=record,
         ))
     training_path = label_dir / "training.json"
     if training_path.is_file():
@@ -185,6 +202,20 @@ def _load_label(run_dir: Path, model: str, label_dir: Path, runs: Runs) -> None:
             raise ReportError(f"{training_path} lacks the field 'method'; see docs/eval_harness_contract.md")
         runs.trainings.append(TrainingResult(run_dir=run_dir, model=model, label=label_dir.name, method=str(data["method"]),
                                              seed=data.get("seed"), data=data))
+
+
+def _metric_samples(items_path: Path, summary: dict[str, Any]) -> dict[str, Sample]:
+    """Per-item scores of the secondary mean metrics (summary's `item_score_keys`: metric -> key in "scores")."""
+    keys = summary.get("item_score_keys") or LEGACY_ITEM_SCORE_KEYS.get(str(summary["benchmark"]), {})
+    if summary["metric_kind"] != "mean" or not keys:
+        return {}
+    records = ItemLog(items_path).records()
+    samples = {}
+    for metric, key in keys.items():
+        scores = [(record.get("scores") or {}).get(key) for record in records]
+        if records and all(isinstance(score, (int, float)) for score in scores):
+            samples[metric] = Sample(tuple(str(record["id"]) for record in records), scores=np.array(scores, float))
+    return samples
 
 
 def _read_sample(items_path: Path, metric_kind: str) -> Sample | None:

@@ -9,6 +9,8 @@ from typing import Any
 import jinja2
 import markupsafe
 
+from .budget import describe_flag
+
 
 @dataclass
 class Table:
@@ -43,9 +45,20 @@ def _row_names(results: dict[str, Any], key: str) -> list[str]:
     return [row["model"], method] if _multi_model(results) else [method]
 
 
+def _parity_cell(row: dict[str, Any]) -> str:
+    """The main table's budget column: "same" as the reference row, the differences, or — (no budget)."""
+    if row.get("budget") is None:
+        return "—"
+    flags = row.get("budget_flags") or []
+    if not flags:
+        return "same"
+    return "⚠ " + "; ".join(describe_flag(flag) for flag in flags)
+
+
 def main_table(results: dict[str, Any]) -> Table:
-    """The paper's layout: methods × benchmarks (primary metric, ×100 for fractions) and #Params."""
+    """The paper's layout: methods × benchmarks (primary metric, ×100 for fractions), #Params and budget parity."""
     benches = results["benchmarks"]
+    with_budget = any(row.get("budget") for row in results["table"].values())
     rows = []
     for method in results["methods"]:
         row = results["table"][method]
@@ -57,6 +70,8 @@ def main_table(results: dict[str, Any]) -> Table:
             if test and test["significant"]:
                 text += "*"
             cells.append(text)
+        if with_budget:
+            cells.append(_parity_cell(row))
         rows.append(cells)
     caption = ("Mean over seeds of each benchmark's primary metric ("
                + ", ".join(f"{b['name']}: {b['primary_metric']}{' ×100' if b['percent'] else ''}" for b in benches)
@@ -64,7 +79,52 @@ def main_table(results: dict[str, Any]) -> Table:
     if results["baseline"]:
         caption += (f" * = differs from {results['baseline']} at p < {results['statistics']['significance_level']}"
                     " (paired bootstrap).")
-    return Table("Results (paper layout)", [*_name_headers(results), "#Params", *[b["name"] for b in benches]],
+    budget_header = ["Budget vs " + (results["baseline"] or "first row")] if with_budget else []
+    if with_budget:
+        caption += (f" {budget_header[0]}: samples (steps × effective batch), rank, learning rate and schedule "
+                    "compared; ⚠ marks a difference the eval YAML does not declare intended (see Training budget).")
+    return Table("Results (paper layout)",
+                 [*_name_headers(results), "#Params", *[b["name"] for b in benches], *budget_header],
+                 rows, caption, text_columns=len(_name_headers(results)))
+
+
+def _scientific(value: Any) -> str:
+    return "—" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def budget_table(results: dict[str, Any]) -> Table | None:
+    """What every row was trained with, its step-0 update size and how exactly its adapter reloaded."""
+    keys = [key for key in results["methods"] if results["table"][key].get("budget") or
+            results["table"][key].get("evaluated")]
+    if not keys:
+        return None
+    rows = []
+    for key in keys:
+        row = results["table"][key]
+        budget = row.get("budget") or {}
+        batch = "—"
+        if budget.get("effective_batch_size") is not None:
+            batch = (f"{budget.get('micro_batch_size')}×{budget.get('gradient_accumulation_steps')}×"
+                     f"{budget.get('world_size')} = {budget['effective_batch_size']}")
+        evaluated = row.get("evaluated") or []
+        diagnostics = [e["init_diagnostics"]["max_relative_update"] for e in evaluated
+                       if isinstance(e.get("init_diagnostics"), dict)
+                       and e["init_diagnostics"].get("max_relative_update") is not None]
+        probes = [e["probe"]["relative_delta"] for e in evaluated if e.get("probe")]
+        converted = sorted({e["converted_from"] for e in evaluated if e.get("converted_from")})
+        rows.append([*_row_names(results, key), _scientific(budget.get("rank")), _scientific(budget.get("lora_alpha")),
+                     _scientific(budget.get("learning_rate")), str(budget.get("lr_schedule") or "—"), batch,
+                     _scientific(budget.get("steps")), _scientific(budget.get("samples")),
+                     ", ".join(budget.get("intended_differences") or []) or "—",
+                     f"{max(diagnostics):.3g}" if diagnostics else "—",
+                     f"{max(probes):.3g}" if probes else "—",
+                     ("plain LoRA (from " + ", ".join(converted) + ")") if converted else "—"])
+    caption = ("rank = the rank trained (a PiSSA adapter saved as plain LoRA has rank 2r on disk); batch = micro × "
+               "gradient accumulation × processes; samples = steps × effective batch. Step-0 update = the largest "
+               "‖scale·B·N·A‖_F / ‖W‖_F over adapted layers at init (NLoRA). Probe Δ = max |Δ logit| / logit scale of "
+               "the loaded adapter against the base on a fixed input (0 would mean the adapter does nothing).")
+    return Table("Training budget", [*_name_headers(results), "r", "alpha", "lr", "schedule", "batch", "steps",
+                                     "samples", "intended differences", "step-0 update", "probe Δ", "saved as"],
                  rows, caption, text_columns=len(_name_headers(results)))
 
 
@@ -189,7 +249,8 @@ def run_tables(results: dict[str, Any]) -> list[Table]:
 
 
 def all_tables(results: dict[str, Any]) -> list[Table]:
-    tables = [main_table(results), ci_table(results), significance_table(results), efficiency_table(results),
+    tables = [main_table(results), budget_table(results), ci_table(results), significance_table(results),
+              efficiency_table(results),
               *metric_tables(results), *run_tables(results)]
     return [table for table in tables if table is not None]
 
@@ -225,6 +286,7 @@ def _header_text(results: dict[str, Any]) -> str:
 def _notes(results: dict[str, Any]) -> list[str]:
     notes = [f"Run note ({run['path']}): {run['config']['notes']}" for run in results["runs"]
              if (run.get("config") or {}).get("notes")]
+    notes += [f"Rows: {note}" for note in results.get("configuration_notes") or []]
     notes += [f"Warning: {warning}" for warning in results["warnings"]]
     notes += [f"Unfinished, left out: {path}" for path in results["skipped"]]
     return notes

@@ -175,6 +175,7 @@ class LmEvalBenchmark:
             "metrics": self.summary_metrics(settings, task_metrics),
             "primary_metric": "exact_match",
             "metric_kind": "mean",
+            "item_score_keys": self.item_score_keys(),
             "n_items": len(records),
             "trainable_params": model.trainable_params,
             "extra": {
@@ -195,6 +196,10 @@ class LmEvalBenchmark:
         if self.key == "gsm8k":
             return "strict-match"
         return "answer-is" if settings.prompt == "metamath" else "none"
+
+    def item_score_keys(self) -> dict[str, str]:
+        """Secondary metrics -> their key in each item's "scores" (the report's CIs for them)."""
+        return {"exact_match_flexible": "exact_match,flexible-extract"} if self.key == "gsm8k" else {}
 
     def summary_metrics(self, settings: LmEvalSettings, task_metrics: Mapping[str, Any]) -> dict[str, float]:
         metrics = {"exact_match": float(task_metrics[f"exact_match,{self.primary_filter(settings)}"])}

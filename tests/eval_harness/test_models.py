@@ -67,7 +67,8 @@ def test_tokens_added_in_training_resize_the_base_before_the_adapter_loads(tiny_
     trained.save_pretrained(tmp_path / "adapter")
     tokenizer.save_pretrained(tmp_path / "adapter")
     handle = ModelHandle(label="x", method="LoRA", seed=None, base_model=tiny_root / "base",
-                         adapter=tmp_path / "adapter", dtype="float32", device="cpu")
+                         adapter=tmp_path / "adapter", dtype="float32", device="cpu",
+                         expect_identity=True)  # untrained (B = 0): the probe must find no change
     ids = torch.tensor([[101, len(tokenizer) - 1, 2003]])  # uses the new token
     with torch.no_grad():
         assert torch.equal(handle.model(input_ids=ids).logits, trained.eval()(input_ids=ids).logits)
