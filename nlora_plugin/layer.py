@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 import zlib
 from typing import Any
 
@@ -23,6 +24,7 @@ from .nystrom import nystrom_factors
 logger = logging.getLogger(__name__)
 
 INTTUNE_FROZEN = ("lora_A", "lora_B")
+_warned_inttune_frozen = False  # the IntTune "A and B stay frozen" warning is given once per process
 
 
 def layer_seed(seed: int, layer_key: str) -> int:
@@ -31,8 +33,29 @@ def layer_seed(seed: int, layer_key: str) -> int:
 
 
 def _empty_linear(in_features: int, out_features: int, device: torch.device) -> nn.Linear:
-    """A bias-free Linear on `device` whose weight is filled by our init (no wasted default init)."""
-    return nn.utils.skip_init(nn.Linear, in_features, out_features, bias=False, device=device)
+    """A bias-free Linear on `device` whose weight is filled by our init (no wasted default init).
+
+    The weight is registered as a new Parameter (uninitialised memory), so PEFT's ``init_empty_weights``
+    context (``low_cpu_mem_usage=True``), which patches ``register_parameter``, puts it on the meta device.
+    """
+    layer = nn.Linear(in_features, out_features, bias=False, device="meta")
+    layer.weight = nn.Parameter(torch.empty(out_features, in_features, device=device))
+    return layer
+
+
+def _warn_inttune_frozen(adapter_name: str) -> None:
+    """Say once per process that IntTune's lora_A / lora_B stay frozen when a caller asks them to train."""
+    global _warned_inttune_frozen
+    if _warned_inttune_frozen:
+        return
+    _warned_inttune_frozen = True
+    warnings.warn(
+        f"NLoRA adapter {adapter_name!r} is IntTune (train_only_intermediate=True, paper §4.3): lora_A and lora_B "
+        "stay frozen by design and only lora_N trains. To train all three, create the adapter with "
+        "train_only_intermediate=False.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 class NLoraLayer(BaseTunerLayer):
@@ -50,11 +73,14 @@ class NLoraLayer(BaseTunerLayer):
         self.lora_A = nn.ModuleDict({})
         self.lora_N = nn.ModuleDict({})
         self.lora_B = nn.ModuleDict({})
-        # residual mode: the initial factors whose product was subtracted from the base weight (not saved:
-        # recomputed from the original base weight when an adapter is loaded).
-        self.residual_A = BufferDict({}, persistent=False)
-        self.residual_N = BufferDict({}, persistent=False)
-        self.residual_B = BufferDict({}, persistent=False)
+        # residual mode: the initial factors whose product was subtracted from the base weight. Persistent,
+        # so they travel in model.state_dict() with the residual base weight: a rank that builds the model on
+        # the meta device and receives rank 0's state dict (FSDP2, accelerate cpu_ram_efficient_loading) gets
+        # both. They are not adapter tensors (no "lora_" prefix): PEFT's adapter file leaves them out and a
+        # loaded adapter recomputes them from the original base weight (same seed, same factors).
+        self.residual_A = BufferDict({}, persistent=True)
+        self.residual_N = BufferDict({}, persistent=True)
+        self.residual_B = BufferDict({}, persistent=True)
         self.residual_ratio: dict[str, float] = {}
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
@@ -77,10 +103,11 @@ class NLoraLayer(BaseTunerLayer):
     def update_layer(self, adapter_name: str, config: NLoraConfig, layer_key: str) -> None:
         """Create and initialise adapter `adapter_name` (paper §3 for NLoRA, App. B for SLoRA)."""
         r = config.r
-        if r > min(self.in_features, self.out_features):
+        if config.init_method == "nlora" and r > min(self.in_features, self.out_features):
             raise ValueError(
                 f"NLoraConfig.r={r} is larger than the smaller dimension of {layer_key} "
-                f"({self.out_features}×{self.in_features}); use r <= {min(self.in_features, self.out_features)}"
+                f"({self.out_features}×{self.in_features}): NLoRA samples r distinct rows and columns of W; use "
+                f"r <= {min(self.in_features, self.out_features)} (init_method='slora' accepts any r)"
             )
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = config.lora_alpha
@@ -96,7 +123,17 @@ class NLoraLayer(BaseTunerLayer):
         if config.train_only_intermediate:
             # IntTune (§4.3): PEFT re-applies this after every set_adapter / mark-trainable call.
             self.frozen_peft_weight_names = {**self.frozen_peft_weight_names, adapter_name: INTTUNE_FROZEN}
+            if not config.inference_mode and adapter_name in self.active_adapters:
+                _warn_inttune_frozen(adapter_name)  # e.g. PeftModel.from_pretrained(..., is_trainable=True)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def set_requires_grad(self, adapter_names: str | list[str], requires_grad: bool = True) -> None:
+        """PEFT's set_requires_grad, plus a one-time warning when IntTune's frozen A / B are asked to train."""
+        names = {adapter_names} if isinstance(adapter_names, str) else set(adapter_names)
+        if requires_grad:
+            for adapter_name in sorted(names & set(self.frozen_peft_weight_names)):
+                _warn_inttune_frozen(adapter_name)
+        super().set_requires_grad(adapter_names, requires_grad)
 
     @torch.no_grad()
     def _initialize(self, adapter_name: str, config: NLoraConfig, layer_key: str) -> None:
@@ -106,7 +143,11 @@ class NLoraLayer(BaseTunerLayer):
         adapter_on_meta = lora_A.device.type == "meta"  # shapes only: a parameter count, or PEFT's
         # low_cpu_mem_usage loading, where the trained weights arrive with load_state_dict; the residual
         # must still be subtracted from a real base weight then.
-        if self.get_base_layer().weight.device.type == "meta" or (adapter_on_meta and not config.residual):
+        if self.get_base_layer().weight.device.type == "meta":
+            if config.residual:  # a rank that receives a wrapped model's state dict: make room for the factors
+                self._register_residual_on_meta(adapter_name)
+            return
+        if adapter_on_meta and not config.residual:
             return
         generator = torch.Generator().manual_seed(layer_seed(config.seed, layer_key))
         if config.init_method == "slora":
@@ -139,6 +180,13 @@ class NLoraLayer(BaseTunerLayer):
             if config.residual:
                 self._subtract_initial_product(adapter_name, weight, factors, layer_key)
 
+    def _register_residual_on_meta(self, adapter_name: str) -> None:
+        """Meta-device residual factors: the base weight and these arrive together with a rank-0 state dict."""
+        r = self.r[adapter_name]
+        self.residual_A[adapter_name] = torch.empty(r, self.in_features, device="meta")
+        self.residual_N[adapter_name] = torch.empty(r, r, device="meta")
+        self.residual_B[adapter_name] = torch.empty(self.out_features, r, device="meta")
+
     def _subtract_initial_product(self, adapter_name: str, weight: torch.Tensor, factors, layer_key: str) -> None:
         """Residual mode: W <- W - scale·B0·N0·A0, so the model output at step 0 is the pretrained one.
 
@@ -161,8 +209,18 @@ class NLoraLayer(BaseTunerLayer):
         self.residual_ratio[adapter_name] = float(residual_norm / original_norm.clamp_min(1e-30))
         logger.debug("%s: ‖W − scale·BNA‖ / ‖W‖ = %.4f", layer_key, self.residual_ratio[adapter_name])
 
+    def _check_residual_loaded(self, adapter_name: str) -> None:
+        if self.residual_A[adapter_name].is_meta:
+            raise RuntimeError(
+                f"NLoRA residual adapter {adapter_name!r} was created on the meta device and its residual factors "
+                "(residual_A/N/B buffers) were never loaded: load the state dict of a wrapped model (rank 0's "
+                "model.state_dict(), which holds them with the residual base weight), or wrap a model whose "
+                "weights are real."
+            )
+
     def _residual_delta(self, adapter_name: str) -> torch.Tensor:
         """scale·B0·N0·A0 in the base weight's layout: the product subtracted at init (residual mode)."""
+        self._check_residual_loaded(adapter_name)
         product = self.residual_B[adapter_name] @ self.residual_N[adapter_name] @ self.residual_A[adapter_name]
         product = product * self.scaling[adapter_name]
         return product.T if self.fan_in_fan_out else product
@@ -182,19 +240,22 @@ class NLoraLayer(BaseTunerLayer):
         return list(self.residual_A.keys())
 
     @torch.no_grad()
+    def _add_to_base_weight(self, delta: torch.Tensor) -> None:
+        """W += delta in W's dtype, on the full weight (gathered and re-sharded under ZeRO-3 / FSDP2)."""
+        with full_weight(self.get_base_layer().weight, modify=True) as weight:
+            weight.add_(delta.to(weight.device, weight.dtype))
+
+    @torch.no_grad()
     def restore_residuals(self) -> None:
         """Add back the initial product of every residual adapter that is not merged (used on unload)."""
-        weight = self.get_base_layer().weight
         for adapter_name in self.residual_adapters():
             if adapter_name not in self.merged_adapters:
-                weight.add_(self._residual_delta(adapter_name).to(weight.dtype))
+                self._add_to_base_weight(self._residual_delta(adapter_name))
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Delete an adapter; a residual adapter's initial product is first added back to W."""
         if adapter_name in self.residual_adapters():
-            with torch.no_grad():
-                weight = self.get_base_layer().weight
-                weight.add_(self._residual_delta(adapter_name).to(weight.dtype))
+            self._add_to_base_weight(self._residual_delta(adapter_name))
             for buffers in (self.residual_A, self.residual_N, self.residual_B):
                 del buffers[adapter_name]
             self.residual_ratio.pop(adapter_name, None)
@@ -213,28 +274,25 @@ class NLoraLinear(nn.Module, NLoraLayer):
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Add the adapters' delta weights into the base weight."""
         adapter_names = check_adapters_to_merge(self, adapter_names)
-        base_weight = self.get_base_layer().weight
         for adapter_name in adapter_names:
             if adapter_name not in self.lora_A:
                 continue
-            delta = self.get_delta_weight(adapter_name).to(base_weight.dtype)
-            with torch.no_grad():
-                if safe_merge:
-                    merged = base_weight.data + delta
+            with torch.no_grad(), full_weight(self.get_base_layer().weight, modify=True) as weight:
+                delta = self.get_delta_weight(adapter_name).to(weight.device, weight.dtype)
+                if safe_merge:  # check on a copy: the weight is untouched if the merge would be non-finite
+                    merged = weight + delta
                     if not torch.isfinite(merged).all():
                         raise ValueError(f"NaNs detected in the merged weights of adapter {adapter_name!r}")
-                    base_weight.data = merged
+                    weight.copy_(merged)
                 else:
-                    base_weight.data.add_(delta)
+                    weight.add_(delta)
             self.merged_adapters.append(adapter_name)
 
     def unmerge(self) -> None:
         """Subtract every merged adapter's delta weight again."""
-        base_weight = self.get_base_layer().weight
         while self.merged_adapters:
             adapter_name = self.merged_adapters.pop()
-            with torch.no_grad():
-                base_weight.data.sub_(self.get_delta_weight(adapter_name).to(base_weight.dtype))
+            self._add_to_base_weight(-self.get_delta_weight(adapter_name))
 
     def unload_and_optionally_merge_module(
         self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
@@ -251,6 +309,7 @@ class NLoraLinear(nn.Module, NLoraLayer):
         for adapter_name in self.residual_adapters():
             if adapter_name in skip:
                 continue
+            self._check_residual_loaded(adapter_name)
             h = x.to(self.residual_A[adapter_name].dtype) @ self.residual_A[adapter_name].T
             h = h @ self.residual_N[adapter_name].T @ self.residual_B[adapter_name].T
             h = h * self.scaling[adapter_name]

@@ -29,9 +29,13 @@ class NLoraModel(BaseTuner):
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
     def _pre_injection_hook(self, model: nn.Module, config: NLoraConfig, adapter_name: str) -> None:
-        """Reject an impossible rank for any target layer before a single layer is initialised."""
+        """Reject an impossible NLoRA rank for any target layer before a single layer is initialised.
+
+        Only the Nyström init needs r <= min(in, out) (it samples r distinct rows and columns of W); SLoRA's
+        random A, N and zero B accept any r, as plain LoRA does.
+        """
         super()._pre_injection_hook(model, config, adapter_name)
-        if not isinstance(config.target_modules, (str, set, list)):
+        if config.init_method != "nlora" or not isinstance(config.target_modules, (str, set, list)):
             return
         for name, module in model.named_modules():
             if not isinstance(module, SUPPORTED_LAYERS) or not self._check_target_module_exists(config, name):
@@ -43,8 +47,9 @@ class NLoraModel(BaseTuner):
             if config.r > min(in_features, out_features):
                 raise ValueError(
                     f"NLoraConfig.r={config.r} is larger than the smaller dimension of target module {name} "
-                    f"({out_features}×{in_features}); use r <= {min(in_features, out_features)} or leave "
-                    "that module out of target_modules."
+                    f"({out_features}×{in_features}): NLoRA samples r distinct rows and columns of W; use "
+                    f"r <= {min(in_features, out_features)}, leave that module out of target_modules, or use "
+                    "init_method='slora' (any r)."
                 )
 
     def _post_injection_hook(self, model: nn.Module, config: NLoraConfig, adapter_name: str) -> None:
