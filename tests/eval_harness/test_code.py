@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,7 +124,124 @@ def test_humaneval_canonical_solutions_score_164_and_broken_ones_0(tmp_path: Pat
     result = score_samples("humaneval", broken, k=[1], timeout_s=10.0, out_path=tmp_path / "broken_results.jsonl")
     assert result["passed"] == 0 and result["metrics"] == {"pass@1": 0.0}
     statuses = {json.loads(line)["result"] for line in (tmp_path / "broken_results.jsonl").read_text().splitlines()}
-    assert statuses == {"exited before the tests finished", "failed (exit 1)"}
+    assert "exited before the tests finished" in statuses and "wrong answer" in statuses
+    assert statuses <= {"exited before the tests finished", "wrong answer", "error"}
+
+
+# Completions that try to pass without computing the answer: each must fail, while the reference passes.
+# Before the checker ran in its own process they all passed (the tests ran inside the program).
+CHEATS = {
+    "rerun with -O (asserts stripped)": """
+import os, sys
+if not sys.flags.optimize:
+    os.execv(sys.executable, [sys.executable, "-O", *sys.argv])
+""",
+    "child interpreter with PYTHONOPTIMIZE": """
+import os, subprocess, sys
+if "CHILD" not in os.environ:
+    done = subprocess.run([sys.executable, *sys.argv], env={"PYTHONOPTIMIZE": "2", "CHILD": "1"})
+    os._exit(done.returncode)
+""",
+    "object whose == is always true": """
+class Anything:
+    def __eq__(self, other):
+        return True
+    __hash__ = object.__hash__
+    def __bool__(self):
+        return True
+ANSWER = Anything()
+""",
+    "builtin subclass whose == is always true": """
+class Anything(int):
+    def __eq__(self, other):
+        return True
+    __hash__ = int.__hash__
+ANSWER = Anything(1)
+""",
+    "exit 0 before the tests": "import sys\nsys.exit(0)\n",
+    "forged verdict on every descriptor": """
+import os
+for fd in range(3, 64):
+    try:
+        os.write(fd, b'{"passed": true}')
+    except OSError:
+        pass
+""",
+    "assertions disabled by patching builtins": """
+import builtins
+builtins.AssertionError = type("Quiet", (Exception,), {})
+""",
+}
+
+
+@pytest.mark.parametrize("cheat", sorted(CHEATS))
+def test_completions_that_bypass_or_fool_the_checks_fail(cheat: str) -> None:
+    """HumanEval/0 returns a bool and MBPP task 13 a list: the cheat defines the function as returning
+    its fake ANSWER (or, if it defines none, the wrong constant), after its trick."""
+    humaneval = humaneval_problems(None)[0]
+    mbpp = next(p for p in code.mbpp_problems(MBPP_FILE, fewshot_ids=(), split="all") if p.task_id == "13")
+    trick = CHEATS[cheat]
+    answer = "ANSWER" if "ANSWER" in trick else "[]"
+    fake_he = f"    return {answer if answer == 'ANSWER' else 'False'}\n{trick}"
+    fake_mbpp = f"{trick}\ndef merge_sorted(a, b):\n    return {answer}\n"
+    records = code.execute([humaneval, mbpp], [[humaneval.reference, fake_he], [mbpp.reference, fake_mbpp]],
+                           benchmark="humaneval", limits=code.code_limits(10.0), workers=code.available_cores())
+    for (good, bad), name in zip(records, ("HumanEval/0", "MBPP 13")):
+        assert good["passed"], (name, good)
+        assert not bad["passed"], (name, cheat, bad)
+
+
+def test_mbpp_check_proxies_only_the_programs_names() -> None:
+    check = code.mbpp_check("OFFSET = 10\n", "import re\nassert add_offset(OFFSET) == 20\n"
+                            "assert math.isclose(area(1), 3.14)\nassert len(x for x in []) == 0\n",
+                            where="t")
+    assert check.proxies == ("add_offset", "area") and check.modules == ("math",)
+    with pytest.raises(ConfigError, match="task 7.*not Python"):
+        code.mbpp_check("", "assert f(", where="task 7")
+
+
+def test_program_gets_the_standard_library_only() -> None:
+    """numpy/yaml/... of the host must not import in the sandbox, even with sys.path pointed at them."""
+    import sysconfig
+
+    site = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_prefix})["purelib"]
+    names = sorted(p.name for p in Path(site).iterdir() if p.suffix == "" and (p / "__init__.py").exists())
+    if not names:
+        pytest.skip(f"the base interpreter's {site} holds no package")
+    problem = code.Problem(task_id="t", prompt="", program_head="",
+                           check=code.CheckSpec(setup="", test="assert found() == []\n", proxies=("found",)),
+                           reference="")
+    program = (f"import importlib, sys\nsys.path.append({site!r})\n"
+               f"def found():\n    hits = []\n    for name in {names[:20]!r}:\n        try:\n"
+               f"            importlib.import_module(name)\n            hits.append(name)\n"
+               f"        except ImportError:\n            pass\n    return hits\n")
+    (record,), = code.execute([problem], [[program]], benchmark="humaneval", limits=code.code_limits(10.0),
+                              workers=1)
+    assert record["passed"], record
+
+
+def test_bad_samples_are_scored_as_failed_and_the_run_goes_on(tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in MBPP_FILE.read_text().splitlines()]
+    good = {"task_id": 11, "completion": rows[3]["code"]}
+    path = tmp_path / "samples.jsonl"
+    path.write_bytes(json.dumps(good).encode() + b"\n"
+                     + b'{"task_id": 11, "completion": "def count_vowels(s):\\n    return 2  # \\ud800"}\n'
+                     + b'{"task_id": 11, "completion": 123}\n'
+                     + b'{"task_id": 11, "completion": "def count_vowels(s): return \xff\xfe 2"}\n')
+    result = score_samples("mbpp", path, problems_path=MBPP_FILE, k=[1], timeout_s=5.0, workers=1)
+    assert result["n_samples"] == 4 and result["passed"] == 1
+    lines = [json.loads(line) for line in Path(result["results"]).read_text().splitlines()]
+    assert [line["passed"] for line in lines] == [True, False, False, False]
+    assert "not valid UTF-8" in lines[1]["result"] and "surrogates" in lines[1]["result"]
+    assert lines[2]["result"] == "invalid sample: completion is a int, not a string"
+    assert "not valid UTF-8" in lines[3]["result"]
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), 0.0, -1.0, float("inf"), 1e9, True])
+def test_score_code_timeout_must_be_a_finite_positive_number(tmp_path: Path, timeout: float) -> None:
+    path = _write_jsonl(tmp_path / "samples.jsonl", [{"task_id": 11, "completion": "pass"}])
+    with pytest.raises(ConfigError, match="--timeout-s: expected seconds per program in \\[0.1, 3600.0\\]"):
+        score_samples("mbpp", path, problems_path=MBPP_FILE, timeout_s=timeout, workers=1)
 
 
 def test_score_samples_mbpp_with_several_samples_per_task(tmp_path: Path) -> None:
@@ -140,7 +258,7 @@ def test_score_samples_mbpp_with_several_samples_per_task(tmp_path: Path) -> Non
     assert result["n_tasks"] == 4 and result["n_samples"] == 16 and result["passed"] == 8
     assert result["metrics"] == pytest.approx({"pass@1": 0.5, "pass@2": pass_at_k(4, 2, 2)})  # k=10 > 4 samples
     statuses = [json.loads(line)["result"] for line in Path(result["results"]).read_text().splitlines()]
-    assert statuses[:4] == ["passed", "passed", "failed (exit 1)", "timed out"]
+    assert statuses[:4] == ["passed", "passed", "error", "timed out"]
     with pytest.raises(ConfigError, match="--problems"):
         score_samples("mbpp", path)
     with pytest.raises(ConfigError, match="--workers"):
@@ -214,7 +332,7 @@ def test_run_humaneval_resumes_and_scores_pass_at_k(tmp_path: Path) -> None:
     assert summary["primary_metric"] == "pass@1" and summary["metric_kind"] == "mean"
     assert summary["n_items"] == 20 and summary["method"] == "NLoRA" and summary["trainable_params"] == 1234
     assert read_json(tmp_path / "summary.json") == json.loads(json.dumps(summary))
-    assert records[problems[0].task_id]["samples"][0]["status"] == "failed (exit 1)"
+    assert records[problems[0].task_id]["samples"][0]["status"] == "wrong answer"
     assert "AssertionError" in records[problems[0].task_id]["samples"][0]["error"]
 
 
