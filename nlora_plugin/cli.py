@@ -221,30 +221,43 @@ def cmd_export_lora(args: argparse.Namespace) -> int:
 
     import torch
 
-    from nlora_plugin import export_lora
+    import nlora_plugin
+    from nlora_plugin.export import NonFiniteWeights
 
     task_type = config.get("task_type")
     nlora_model = load_adapter(load_base(args.base, task_type, "float32"), args.adapter)
-    logger.info("writing plain LoRA adapter to %s", args.output)
-    export_lora(nlora_model, args.output, overwrite=args.overwrite)
-
-    logger.info("verifying: NLoRA model vs exported LoRA on a fresh base, random batch %s", VERIFY_BATCH)
     input_ids = random_batch(nlora_model)
-    lora_model = load_adapter(load_base(args.base, task_type, "float32"), args.output)
-    with torch.no_grad():
-        expected = _model_output(nlora_model, input_ids)
-        actual = _model_output(lora_model, input_ids)
-    max_diff = float((expected - actual).abs().max())
-    scale = float(expected.abs().max())
-    print(f"exported {args.adapter} -> {args.output} (peft_type LORA)")
-    print(
-        f"max |delta logits| = {max_diff:.3e}  (max |logits| = {scale:.3e}, tolerance {args.tolerance:.0e} x max(1, that))"
-    )
-    if max_diff > args.tolerance * max(1.0, scale):
-        print("export check FAILED: the exported LoRA does not reproduce the NLoRA model", file=sys.stderr)
+
+    def verify(staging: Path) -> None:
+        """Raise ExportCheckFailed unless the staged LoRA reproduces the NLoRA model (finite logits)."""
+        logger.info("verifying: NLoRA model vs exported LoRA on a fresh base, random batch %s", VERIFY_BATCH)
+        lora_model = load_adapter(load_base(args.base, task_type, "float32"), staging)
+        with torch.no_grad():
+            expected = _model_output(nlora_model, input_ids)
+            actual = _model_output(lora_model, input_ids)
+        max_diff = float((expected - actual).abs().max())
+        scale = float(expected.abs().max())
+        print(f"max |delta logits| = {max_diff:.3e}  (max |logits| = {scale:.3e}, tolerance {args.tolerance:.0e} "
+              "x max(1, that))")
+        if not (torch.isfinite(expected).all() and torch.isfinite(actual).all()):
+            raise ExportCheckFailed("the logits hold NaN or Inf")
+        if not max_diff <= args.tolerance * max(1.0, scale):
+            raise ExportCheckFailed("the exported LoRA does not reproduce the NLoRA model")
+
+    logger.info("writing plain LoRA adapter to %s", args.output)
+    try:
+        nlora_plugin.export_lora(nlora_model, args.output, overwrite=args.overwrite, verify=verify)
+    except (ExportCheckFailed, NonFiniteWeights) as error:
+        kept = " (the folder that was there is unchanged)" if args.output.exists() else ""
+        print(f"export check FAILED: {error}; nothing was written to {args.output}{kept}", file=sys.stderr)
         return 1
+    print(f"exported {args.adapter} -> {args.output} (peft_type LORA)")
     print("export check passed")
     return 0
+
+
+class ExportCheckFailed(Exception):
+    """The staged export does not reproduce the adapter; it is deleted, never published."""
 
 
 def cmd_convert_lora(args: argparse.Namespace) -> int:
@@ -321,11 +334,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
     check_output_dir(args.output, args.overwrite, [args.base, args.adapter])
 
     from nlora_plugin import save_merged
+    from nlora_plugin.export import NonFiniteWeights
 
     model = load_adapter(load_base(args.base, config.get("task_type"), args.dtype), args.adapter)
     logger.info("merging %s adapter into the base weights, writing %s", config["peft_type"], args.output)
     copied = tokenizer_files(args.base)
-    save_merged(model, args.output, overwrite=args.overwrite, extra_files=copied)
+    try:
+        save_merged(model, args.output, overwrite=args.overwrite, extra_files=copied)
+    except NonFiniteWeights as error:
+        print(f"merge FAILED: {error}", file=sys.stderr)
+        return 1
     print(f"merged {config['peft_type']} adapter {args.adapter} into {args.base} -> {args.output}")
     print(f"tokenizer files copied: {', '.join(p.name for p in copied) if copied else 'none found in --base'}")
     return 0

@@ -10,7 +10,7 @@ the fine-tune is s·(B·N·A − B0·N0·A0), a rank-2r LoRA: ``A' = [N·A; −N
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -23,6 +23,22 @@ from .config import NLoraConfig
 from .layer import NLoraLayer
 
 SAFETENSORS_NAME = "adapter_model.safetensors"
+NAMES_SHOWN = 5
+
+
+class NonFiniteWeights(ValueError):
+    """Tensors that hold NaN or Inf: no adapter or checkpoint is written from them."""
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise NonFiniteWeights naming the first tensors of `tensors` that hold NaN/Inf (and how many)."""
+    bad = [name for name, tensor in tensors.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        shown = ", ".join(bad[:NAMES_SHOWN]) + (f" and {len(bad) - NAMES_SHOWN} more" if len(bad) > NAMES_SHOWN else "")
+        raise NonFiniteWeights(f"{what}: {len(bad)} tensor(s) hold NaN or Inf ({shown}); nothing was written. "
+                               "The training diverged or the file is damaged: retrain (lower the learning rate, "
+                               "use bf16/fp32) or use an earlier checkpoint")
 
 
 def lora_config_for(config: NLoraConfig, residual_layers: bool, fan_in_fan_out: bool) -> LoraConfig:
@@ -75,11 +91,15 @@ def lora_state_dict(model: PeftModel, adapter_name: str = "default") -> dict[str
 
 
 def export_lora(
-    model: PeftModel, output_dir: Path | str, adapter_name: str = "default", overwrite: bool = False
+    model: PeftModel, output_dir: Path | str, adapter_name: str = "default", overwrite: bool = False,
+    verify: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write `adapter_name` of an NLoRA PeftModel as a plain PEFT LoRA adapter folder (exact).
 
     The folder loads with stock ``peft`` (no nlora_plugin import) and gives the same outputs.
+    `verify(staging_dir)` runs on the complete folder before it appears at `output_dir`; if it raises,
+    nothing is left at `output_dir` (an existing folder there is kept as it was). Adapter tensors with
+    NaN/Inf raise NonFiniteWeights before anything is written.
     """
     config = model.peft_config[adapter_name]
     if not isinstance(config, NLoraConfig):
@@ -88,11 +108,15 @@ def export_lora(
     residual = any(adapter_name in layer.residual_adapters() for layer in layers)
     fan_in_fan_out = any(layer.fan_in_fan_out for layer in layers)
     lora_config = lora_config_for(config, residual, fan_in_fan_out)
+    check_finite(get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False),
+                 f"adapter {adapter_name!r}")
     tensors = lora_state_dict(model, adapter_name)
     output_dir = Path(output_dir)
     with atomic_directory(output_dir, overwrite=overwrite) as staging:
         save_file(tensors, str(staging / SAFETENSORS_NAME), metadata={"format": "pt"})
         lora_config.save_pretrained(str(staging))
+        if verify is not None:
+            verify(staging)
     return output_dir
 
 
@@ -101,9 +125,12 @@ def save_merged(
 ) -> Path:
     """Merge the active adapter into the base weights and save a plain transformers checkpoint.
 
-    `extra_files` (e.g. the base's tokenizer files) are copied in before the folder appears.
+    `extra_files` (e.g. the base's tokenizer files) are copied in before the folder appears. Weights
+    with NaN/Inf (in the adapter, or produced by the merge) raise NonFiniteWeights before anything is written.
     """
+    check_finite({n: p for n, p in model.named_parameters() if "lora_" in n}, "the adapter")
     merged = model.merge_and_unload()
+    check_finite(dict(merged.named_parameters()), "the merged model")
     output_dir = Path(output_dir)
     with atomic_directory(output_dir, overwrite=overwrite) as staging:
         merged.save_pretrained(str(staging))

@@ -19,7 +19,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .config import NLoraConfig
 from .distributed import full_weight
-from .nystrom import nystrom_factors
+from .nystrom import check_finite_weight, nystrom_factors
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ class NLoraLayer(BaseTunerLayer):
             return
         with full_weight(self.get_base_layer().weight, modify=config.residual) as weight:
             weight_t = weight.T if self.fan_in_fan_out else weight
+            check_finite_weight(weight_t, layer_key)
             factors = nystrom_factors(
                 weight_t,
                 config.r,

@@ -106,6 +106,17 @@ def guarded_pinv(matrix: torch.Tensor, rtol: float) -> torch.Tensor:
     return torch.linalg.pinv(matrix.float(), rtol=rtol)
 
 
+def check_finite_weight(weight: torch.Tensor, layer: str) -> None:
+    """Refuse a base weight with NaN/Inf before the Nyström init samples it (naming `layer`)."""
+    finite = torch.isfinite(weight)
+    if not bool(finite.all()):
+        raise ValueError(
+            f"{layer}: the base weight holds {int((~finite).sum())} NaN/Inf value(s) of {weight.numel()}; the "
+            "Nyström init copies rows and columns of W, so the adapter would be NaN (or the SVD would fail). "
+            "Load an undamaged base checkpoint, or use init_method='slora', which does not read W"
+        )
+
+
 def nystrom_factors(
     weight: torch.Tensor,
     r: int,

@@ -11,7 +11,6 @@ import shutil
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import nlora_plugin
@@ -89,18 +88,14 @@ def test_export_lora_is_exact_and_loads_with_stock_peft(tmp_path, capsys, base_d
 
 
 def test_export_lora_check_fails_on_a_wrong_export(tmp_path, capsys, monkeypatch, base_dir, nlora_adapter):
-    """The verification is real: an export whose lora_B is off by a factor 2 is caught (exit status 1)."""
-    real_export = nlora_plugin.export_lora
+    """The verification is real: an export whose lora_B is off by a factor 2 is caught (exit status 1),
+    and the failed export leaves no folder behind."""
+    real_state_dict = nlora_plugin.export.lora_state_dict
 
-    def wrong_export(model, output_dir, **kwargs):
-        out = real_export(model, output_dir, **kwargs)
-        tensors = load_file(out / "adapter_model.safetensors")
-        save_file(
-            {k: 2 * v if "lora_B" in k else v for k, v in tensors.items()}, out / "adapter_model.safetensors"
-        )
-        return out
+    def wrong_state_dict(model, adapter_name="default"):
+        return {k: 2 * v if "lora_B" in k else v for k, v in real_state_dict(model, adapter_name).items()}
 
-    monkeypatch.setattr(nlora_plugin, "export_lora", wrong_export)
+    monkeypatch.setattr(nlora_plugin.export, "lora_state_dict", wrong_state_dict)
     code, out, err = run_cli(
         capsys,
         "export-lora",
@@ -113,6 +108,7 @@ def test_export_lora_check_fails_on_a_wrong_export(tmp_path, capsys, monkeypatch
     )
     assert code == 1 and "FAILED" in err
     assert max_delta(out) > 1e-3
+    assert not (tmp_path / "lora").exists() and os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("config_cls", [NLoraConfig, LoraConfig], ids=["nlora", "lora"])
