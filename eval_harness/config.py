@@ -17,10 +17,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import yaml
-
 from eval_harness.adapters import check_adapter_folder
 from eval_harness.errors import ConfigError
+from eval_harness.strict_yaml import load_yaml_file
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -213,10 +212,7 @@ def load_config(path: Path | str) -> EvalConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    data = load_yaml_file(path)  # duplicate keys and binary files are ConfigErrors too
     return parse_config(data, base_dir=path.resolve().parent)
 
 

@@ -96,12 +96,23 @@ class ItemLog:
             os.fsync(handle.fileno())
 
     def _drop_torn_tail(self) -> None:
-        """Cut a last line left without its newline by a crash, so the next record starts clean."""
+        """Make the file end at a record boundary before appending: a last line left without its newline
+        is kept (newline added) if it is a complete record, as `records` already counted it; cut if torn."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return
         data = self.path.read_bytes()
         if data.endswith(b"\n"):
             return
         keep = data.rfind(b"\n") + 1
+        try:
+            complete = isinstance(json.loads(data[keep:]), dict)
+        except (ValueError, UnicodeDecodeError):
+            complete = False
         with self.path.open("r+b") as handle:
-            handle.truncate(keep)
+            if complete:
+                handle.seek(0, os.SEEK_END)
+                handle.write(b"\n")
+            else:
+                handle.truncate(keep)
+            handle.flush()
+            os.fsync(handle.fileno())

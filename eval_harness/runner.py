@@ -18,6 +18,7 @@ from eval_harness.config import BENCHMARKS, EvalConfig, ModelEntry
 from eval_harness.errors import ConfigError
 from eval_harness.models import ModelHandle
 from eval_harness.results import atomic_write_json, read_json
+from eval_harness.run_lock import holds_run_lock
 from eval_harness.versions import package_versions
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def start_run_dir(config: EvalConfig, output: Path, *, command: list[str]) -> No
     )
 
 
+@holds_run_lock  # a second run into the same folder is refused at start (eval_harness/run_lock.py)
 def run_config(config: EvalConfig, output: Path, *, command: list[str]) -> list[dict[str, Any]]:
     """Evaluate everything the config asks for into `output`; returns every summary (old and new)."""
     output = Path(output)

@@ -25,3 +25,16 @@ def test_item_log_ignores_and_repairs_a_torn_last_line(tmp_path):
     log.append({"id": "3", "score": 0.0})
     assert [r["id"] for r in log.records()] == ["1", "3"]
     assert log.path.read_text().count("\n") == 2
+
+
+def test_item_log_keeps_a_complete_last_record_that_lacks_its_newline(tmp_path):
+    """The process died between the record and its newline: the record counts as done, so the next
+    append must keep it (cutting it lost the item and crashed the resumed run with a KeyError)."""
+    log = ItemLog(tmp_path / "items.jsonl")
+    log.append({"id": "HumanEval/8", "score": 1.0})
+    with log.path.open("a") as handle:
+        handle.write('{"id": "HumanEval/9", "score": 0.0}')
+    assert log.done_ids() == {"HumanEval/8", "HumanEval/9"}
+    log.append({"id": "HumanEval/10", "score": 1.0})
+    assert [r["id"] for r in log.records()] == ["HumanEval/8", "HumanEval/9", "HumanEval/10"]
+    assert log.path.read_text().count("\n") == 3
