@@ -32,7 +32,8 @@ def base_rewrite(adapter_config: Mapping[str, Any]) -> str | None:
     PiSSA (``pissa``, ``pissa_niter_k``), OLoRA, CorDA, EVA and LoftQ change the base (or need data or a
     quantized base to do it again); a plain ``init_lora_weights`` (True/False/gaussian/...) does not.
     """
-    if str(adapter_config.get("peft_type", "")).upper() != "LORA":
+    peft_type = adapter_config.get("peft_type", "")
+    if str(getattr(peft_type, "value", peft_type)).upper() != "LORA":  # a PeftType member or its saved string
         return None
     init = adapter_config.get("init_lora_weights")
     if not isinstance(init, str):

@@ -101,3 +101,13 @@ def test_plain_lora_is_not_converted(tmp_path, input_ids):
     model.save_pretrained(tmp_path / "a")
     with pytest.raises(ValueError, match="already plain LoRA"):
         convert_adapter_folder(tmp_path / "a", tmp_path / "a")
+
+
+def test_base_rewrite_reads_an_in_memory_config_too() -> None:
+    """PeftConfig.to_dict() holds a PeftType member, not the saved string (the Axolotl plugin reads that form)."""
+    from peft import LoraConfig
+
+    from nlora_plugin.convert import base_rewrite
+
+    assert base_rewrite(LoraConfig(r=4, init_lora_weights="pissa_niter_4").to_dict()) == "pissa_niter_4"
+    assert base_rewrite(LoraConfig(r=4).to_dict()) is None
