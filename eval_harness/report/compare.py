@@ -71,7 +71,9 @@ def compare(runs: Runs, baseline: str | None, *, n_resamples: int = DEFAULT_RESA
     Rows are methods (the seeds of a method pooled); when the runs use several base models a row is
     (model, method) and each is compared with the baseline method on the same model.
     """
-    split_notes = split_configurations(runs, {(str(r.run_dir), r.label): _configuration(r) for r in runs.results})
+    run_configs = {str(info["path"]): info["run"].get("config") or {} for info in runs.run_infos}
+    split_notes = split_configurations(runs, {(str(r.run_dir), r.label): _configuration(r, run_configs)
+                                              for r in runs.results})
     check_baseline_not_split(baseline, runs)
     if baseline is not None and baseline not in runs.methods:
         raise ReportError(f"baseline {baseline!r} is not a method in these runs; use one of {runs.methods} "
@@ -143,14 +145,17 @@ def compare(runs: Runs, baseline: str | None, *, n_resamples: int = DEFAULT_RESA
     }
 
 
-def _configuration(result: SeedResult) -> dict[str, Any]:
-    """Everything a label was made with but its seed: adapter config and training settings, or the GLUE spec."""
+def _configuration(result: SeedResult, run_configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Everything a label was made and evaluated with but its seed: adapter config, training settings and the
+    run's generation backend and dtype (they change the numbers in half precision), or the GLUE spec."""
     if result.record is not None:
         provenance = result.record.get("provenance") or {}
         training = {key: value for key, value in (provenance.get("training") or {}).items()
                     if key not in NOT_CONFIGURATION}
+        run = run_configs.get(str(result.run_dir)) or {}
+        evaluation = {"backend": (run.get("generation") or {}).get("backend", "hf"), "dtype": run.get("dtype", "auto")}
         return _canonical({"adapter_config": provenance.get("adapter_config"), "training": training,
-                           "conversion": provenance.get("conversion")})
+                           "conversion": provenance.get("conversion"), "evaluation": evaluation})
     extra = result.summary.get("extra") or {}
     if extra.get("method_spec"):
         return _canonical({"method_spec": extra["method_spec"], "train": extra.get("train")})

@@ -209,3 +209,18 @@ def test_a_baseline_that_names_two_configurations_is_refused(tmp_path):
 
     with pytest.raises(ReportError, match="baseline 'LoRA' names 2 different configurations"):
         report_markdown(tmp_path, [budget_record("a", "LoRA", r=8), budget_record("b", "LoRA", r=16)])
+
+
+def test_runs_from_different_generation_backends_are_not_pooled(tmp_path):
+    """vLLM and HF generate the same tokens in float32 but not in bf16: their runs are different rows."""
+    runs = []
+    for backend in ("hf", "vllm"):
+        run = write_runs(tmp_path / backend, [budget_record(f"nlora-{backend}", "NLoRA")],
+                         seed_of={f"nlora-{backend}": 0})
+        data = json.loads((run / "run.json").read_text())
+        data["config"]["generation"] = {"backend": backend}
+        (run / "run.json").write_text(json.dumps(data))
+        runs.append(run)
+    out = build_report(runs, tmp_path / "report", n_resamples=200)
+    rows = set(json.loads((out / "results.json").read_text())["table"])
+    assert rows == {"NLoRA [backend=hf]", "NLoRA [backend=vllm]"}
