@@ -224,3 +224,25 @@ def test_runs_from_different_generation_backends_are_not_pooled(tmp_path):
     out = build_report(runs, tmp_path / "report", n_resamples=200)
     rows = set(json.loads((out / "results.json").read_text())["table"])
     assert rows == {"NLoRA [backend=hf]", "NLoRA [backend=vllm]"}
+
+
+def test_gsm8k_flexible_extract_gets_a_confidence_interval(tmp_path):
+    """Its per-item scores are in items.jsonl ("scores"), so the report must not say "no items: no CI"."""
+    run = tmp_path / "run"
+    write_run_json(run, [("lora", "LoRA", None)])
+    rng = np.random.default_rng(0)
+    strict, flexible = binary_scores(0.3, 200, rng), binary_scores(0.6, 200, rng)
+    folder = run / "lora" / "gsm8k"
+    folder.mkdir(parents=True)
+    (folder / "items.jsonl").write_text("".join(
+        json.dumps({"id": f"q{i}", "score": s, "scores": {"exact_match,strict-match": s,
+                                                          "exact_match,flexible-extract": f}}) + "\n"
+        for i, (s, f) in enumerate(zip(strict, flexible))))
+    atomic_write_json(folder / "summary.json", {
+        "label": "lora", "method": "LoRA", "seed": None, "benchmark": "gsm8k", "primary_metric": "exact_match",
+        "metrics": {"exact_match": float(strict.mean()), "exact_match_flexible": float(flexible.mean())},
+        "metric_kind": "mean", "item_score_keys": {"exact_match_flexible": "exact_match,flexible-extract"}})
+    out = build_report([run], tmp_path / "report", n_resamples=200)
+    cell = json.loads((out / "results.json").read_text())["all_metrics"]["gsm8k"]["LoRA"]["exact_match_flexible"]
+    assert cell["ci_low"] < flexible.mean() < cell["ci_high"] and cell["n_items"] == [200]
+    assert "no items: no CI" not in (out / "report.md").read_text()
