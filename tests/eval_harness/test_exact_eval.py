@@ -178,8 +178,11 @@ def report_markdown(tmp_path: Path, records: list[dict], baseline: str | None = 
 
 
 def test_unequal_budgets_are_flagged_in_the_table_and_above_it(tmp_path):
-    markdown, results = report_markdown(tmp_path, [budget_record("lora", "LoRA", samples=512),
-                                                   budget_record("nlora", "NLoRA", samples=96)])
+    run = write_runs(tmp_path / "run", [budget_record("lora", "LoRA", samples=512),
+                                        budget_record("nlora", "NLoRA", samples=96)])
+    assert main(["report", str(run), "--output", str(tmp_path / "report"), "--baseline", "LoRA"]) == 0
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
     assert results["table"]["NLoRA"]["budget_flags"][0]["field"] == "samples"
     assert "⚠ samples 96 vs 512" in markdown
     assert "Warning: Unequal budgets: NLoRA vs LoRA: samples 96 vs 512" in markdown
