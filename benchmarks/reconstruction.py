@@ -22,15 +22,22 @@ from functools import partial
 import torch
 from safetensors import safe_open
 
-from nlora_plugin.nystrom import NystromFactors, nystrom_factors, relative_error, truncated_svd_error
+from nlora_plugin.nystrom import (
+    CORE_CHOICES,
+    INDEX_CHOICES,
+    NystromFactors,
+    nystrom_factors,
+    relative_error,
+    truncated_svd_error,
+)
 
 WEIGHT_KINDS = {
     "query 384x384": "encoder.layer.{layer}.attention.self.query.weight",
     "FFN 1536x384": "encoder.layer.{layer}.intermediate.dense.weight",
 }
 LAYERS = range(6)
-INDICES = ("first", "random", "pivoted")
-CORES = ("sample", "pinv", "optimal")
+INDICES = INDEX_CHOICES
+CORES = CORE_CHOICES
 SVD = "truncated SVD"
 
 

@@ -31,7 +31,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def methods() -> dict[str, object]:
-    nlora = dict(r=8, lora_alpha=8, target_modules=TARGETS, task_type="CAUSAL_LM")
+    nlora = {"r": 8, "lora_alpha": 8, "target_modules": TARGETS, "task_type": "CAUSAL_LM"}
     return {
         "LoRA": LoraConfig(r=8, lora_alpha=8, target_modules=TARGETS),
         "PiSSA (full SVD)": LoraConfig(r=8, lora_alpha=8, target_modules=TARGETS, init_lora_weights="pissa"),

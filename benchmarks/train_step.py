@@ -39,10 +39,10 @@ GOALS = {"slora": 1.05, "nlora": 1.05, "inttune": 0.9}  # time ratio to LoRA the
 def build_model(args: argparse.Namespace, method: str):
     """A small Llama with random weights (std 0.02) and the adapter of `method` on all linear layers."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from nlora_plugin import NLoraConfig
+    from nlora_plugin.methods import METHODS
 
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -56,12 +56,7 @@ def build_model(args: argparse.Namespace, method: str):
     )
     model = LlamaForCausalLM(config)
     common = {"r": args.r, "lora_alpha": args.r, "target_modules": "all-linear", "task_type": "CAUSAL_LM"}
-    adapter = {
-        "lora": lambda: LoraConfig(**common),
-        "slora": lambda: NLoraConfig(init_method="slora", **common),
-        "nlora": lambda: NLoraConfig(**common),
-        "inttune": lambda: NLoraConfig(train_only_intermediate=True, **common),
-    }[method]()
+    adapter = METHODS[method].peft_config(**common)
     return get_peft_model(model, adapter).train()
 
 

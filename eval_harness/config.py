@@ -328,22 +328,14 @@ def infer_method(adapter: Path | None) -> str:
     """The method name the report groups by, read from adapter_config.json when the YAML gives none."""
     if adapter is None:
         return "base"
-    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
-    peft_type = str(config.get("peft_type", "")).upper()
-    if peft_type == "NLORA":
-        if config.get("train_only_intermediate"):
-            return "IntTune"
-        return "SLoRA" if config.get("init_method") == "slora" else "NLoRA"
-    if peft_type == "LORA":
-        from nlora_plugin.convert import CONVERSION_RECORD
+    from nlora_plugin.convert import CONVERSION_RECORD
+    from nlora_plugin.methods import method_label
 
-        conversion = adapter / CONVERSION_RECORD  # a PiSSA/OLoRA adapter saved as plain LoRA on the original base
-        init = (json.loads(conversion.read_text(encoding="utf-8")).get("converted_from") if conversion.is_file()
-                else config.get("init_lora_weights"))
-        if isinstance(init, str) and init.lower() == "olora":
-            return "OLoRA"
-        return "PiSSA" if isinstance(init, str) and init.lower().startswith("pissa") else "LoRA"
-    return peft_type or "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    conversion = adapter / CONVERSION_RECORD  # a PiSSA/OLoRA adapter saved as plain LoRA on the original base
+    converted_from = json.loads(conversion.read_text(encoding="utf-8")).get("converted_from") \
+        if conversion.is_file() else None
+    return method_label(config, converted_from)
 
 
 def _parse_benchmarks(section: Any, *, base_dir: Path) -> dict[str, Any]:

@@ -12,29 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from peft import LoraConfig, PeftConfig
+from peft import PeftConfig
 
 from eval_harness.config import parse_intended_differences
 from eval_harness.errors import ConfigError
 from eval_harness.results import SLUG, label_folder, seed_run_folder
+from nlora_plugin.methods import METHODS
 
-# name -> (default report label, fixed NLoraConfig fields or None for PEFT LoraConfig, LoraConfig init)
-METHOD_NAMES: dict[str, str] = {
-    "lora": "LoRA",
-    "pissa": "PiSSA",
-    "slora": "SLoRA",
-    "nlora": "NLoRA",
-    "inttune": "IntTune",
-}
-NLORA_FIXED: dict[str, dict[str, Any]] = {
-    "slora": {"init_method": "slora"},
-    "nlora": {"init_method": "nlora"},
-    "inttune": {"init_method": "nlora", "train_only_intermediate": True},
-}
-LORA_INIT: dict[str, bool | str] = {"lora": True, "pissa": "pissa_niter_4"}
 COMMON_FIELDS = ("name", "label", "r", "lora_alpha", "learning_rate", "target_modules", "lora_dropout",
                  "intended_differences")
-LORA_ONLY_FIELDS: tuple[str, ...] = ()
 # NLoraConfig fields a method entry may set (the rest are set here: head, task type, fixed init fields).
 NLORA_EXTRA_FIELDS = ("nystrom_core", "nystrom_index", "pinv_rtol", "residual", "slora_n_init", "seed", "bias")
 
@@ -75,12 +61,11 @@ def build_peft_config(spec: MethodSpec, *, head_modules: list[str], task_type: s
         "modules_to_save": list(head_modules),
         "task_type": task_type,
     }
-    if spec.name in LORA_INIT:
-        return LoraConfig(init_lora_weights=LORA_INIT[spec.name], **common)
-    import nlora_plugin  # registers the PEFT method "nlora"
-
+    method = METHODS[spec.name]
+    if not method.is_nlora:
+        return method.peft_config(**common)
     options = {"seed": seed, **spec.options}  # a seed in the YAML wins over the run's seed
-    return nlora_plugin.NLoraConfig(**NLORA_FIXED[spec.name], **options, **common)
+    return method.peft_config(**options, **common)
 
 
 def parse_method(item: Any, *, where: str) -> MethodSpec:
@@ -88,16 +73,16 @@ def parse_method(item: Any, *, where: str) -> MethodSpec:
     if not isinstance(item, Mapping):
         raise ConfigError(f"{where}: expected a mapping such as {{name: nlora, r: 8}}, got {item!r}")
     name = item.get("name")
-    if name not in METHOD_NAMES:
-        raise ConfigError(f"{where}.name: {name!r} is not a method; use one of {', '.join(METHOD_NAMES)}")
-    allowed = COMMON_FIELDS + (NLORA_EXTRA_FIELDS if name in NLORA_FIXED else LORA_ONLY_FIELDS)
+    if name not in METHODS:
+        raise ConfigError(f"{where}.name: {name!r} is not a method; use one of {', '.join(METHODS)}")
+    allowed = COMMON_FIELDS + (NLORA_EXTRA_FIELDS if METHODS[name].is_nlora else ())
     for key in item:
         if key not in allowed:
             hint = (f"; {key!r} is an NLoraConfig option, so it needs name slora, nlora or inttune"
                     if key in NLORA_EXTRA_FIELDS else "")
             raise ConfigError(f"{where}.{key}: unknown field for method {name!r}; allowed: "
                               f"{', '.join(allowed)}{hint}")
-    label = item.get("label", METHOD_NAMES[name])
+    label = item.get("label", METHODS[name].label)
     if not isinstance(label, str) or not SLUG.sub("", label):
         raise ConfigError(f"{where}.label: expected a name such as 'NLoRA (pivoted)', got {label!r}")
     r = _number(item, "r", where=where, default=8, integer=True, low=1)

@@ -24,13 +24,14 @@ logger = logging.getLogger(__name__)
 def count_adapter_parameters(adapter: Path) -> int:
     """Trainable parameters of an adapter, counted from its saved tensors.
 
-    IntTune (NLoRA with train_only_intermediate) trains only the r×r matrices N, so only `lora_N`
-    tensors (and any modules_to_save) count; for every other adapter all saved tensors were trained.
+    Tensors the adapter's method never trains (IntTune: lora_A and lora_B, see nlora_plugin.methods)
+    are left out; every other saved tensor (modules_to_save included) was trained.
     """
     from safetensors import safe_open
 
-    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
-    only_intermediate = bool(config.get("train_only_intermediate"))
+    from nlora_plugin.methods import frozen_tensors
+
+    frozen = frozen_tensors(json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")))
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
         state = torch.load(adapter / "adapter_model.bin", map_location="cpu", weights_only=True)
@@ -40,8 +41,7 @@ def count_adapter_parameters(adapter: Path) -> int:
             shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
     total = 0
     for name, shape in shapes.items():
-        is_factor = "lora_A" in name or "lora_B" in name
-        if only_intermediate and is_factor:
+        if any(f".{tensor}." in name or name.endswith(f".{tensor}") for tensor in frozen):
             continue
         numel = 1
         for size in shape:

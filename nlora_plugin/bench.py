@@ -17,13 +17,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from peft import LoraConfig, PeftConfig, get_peft_model
+from peft import PeftConfig, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from torch import nn
 
-from .config import NLoraConfig
+from .methods import METHODS as TABLE
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +55,17 @@ class InitMethod:
     full_svd: bool = False  # one full SVD per layer: extrapolated from one layer per shape by default
 
 
-def _nlora(**options) -> Callable[[int, list[str]], PeftConfig]:
-    return lambda r, targets: NLoraConfig(r=r, lora_alpha=r, target_modules=targets, **options)
+def _method(name: str, **options: Any) -> Callable[[int, list[str]], PeftConfig]:
+    """A config factory for method `name` of the method table, with extra NLoraConfig options."""
+    return lambda r, targets: TABLE[name].peft_config(r=r, lora_alpha=r, target_modules=targets, **options)
+
+
+def _nlora(**options: Any) -> Callable[[int, list[str]], PeftConfig]:
+    return _method("nlora", **options)
 
 
 def _lora(init: bool | str) -> Callable[[int, list[str]], PeftConfig]:
-    return lambda r, targets: LoraConfig(r=r, lora_alpha=r, target_modules=targets, init_lora_weights=init)
+    return _method("lora", init_lora_weights=init)
 
 
 METHODS: dict[str, InitMethod] = {
@@ -75,7 +81,7 @@ METHODS: dict[str, InitMethod] = {
             "NLoRA, pivoted indices + optimal core",
             _nlora(nystrom_index="pivoted", nystrom_core="optimal"),
         ),
-        InitMethod("slora", "SLoRA (A Kaiming, B 0, N Kaiming)", _nlora(init_method="slora")),
+        InitMethod("slora", "SLoRA (A Kaiming, B 0, N Kaiming)", _method("slora")),
         InitMethod("lora", "PEFT LoRA default (baseline)", _lora(True)),
         InitMethod(
             "pissa_niter_4",

@@ -7,11 +7,12 @@ from typing import Literal
 
 from peft.config import PeftConfig
 
+from .nystrom import CORE_CHOICES, INDEX_CHOICES, CoreChoice, IndexChoice
 from .peft_type import NLORA_PEFT_TYPE
 
 INIT_METHODS = ("nlora", "slora")
-NYSTROM_CORES = ("sample", "pinv", "optimal")
-NYSTROM_INDICES = ("first", "random", "pivoted")
+NYSTROM_CORES = CORE_CHOICES
+NYSTROM_INDICES = INDEX_CHOICES
 SLORA_N_INITS = ("kaiming", "gaussian")
 
 
@@ -57,7 +58,7 @@ class NLoraConfig(PeftConfig):
             "The paper's IntTune learning rate is 2e-3 (NLG). Requires init_method='nlora'."
         },
     )
-    nystrom_core: Literal["sample", "pinv", "optimal"] = field(
+    nystrom_core: CoreChoice = field(
         default="sample",
         metadata={
             "help": "N for NLoRA. 'sample' (default, the authors' code): N = A_W, the sampled r×r block. "
@@ -66,7 +67,7 @@ class NLoraConfig(PeftConfig):
             "and columns, the closest to W they allow."
         },
     )
-    nystrom_index: Literal["first", "random", "pivoted"] = field(
+    nystrom_index: IndexChoice = field(
         default="first",
         metadata={
             "help": "Which r rows and columns of W to sample. 'first' (default, the authors' code); "

@@ -16,12 +16,14 @@ Every function here works in float32 whatever the input dtype (``torch.linalg.pi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 IndexChoice = Literal["first", "random", "pivoted"]
 CoreChoice = Literal["sample", "pinv", "optimal"]
+INDEX_CHOICES: tuple[str, ...] = get_args(IndexChoice)  # the one list of nystrom_index values
+CORE_CHOICES: tuple[str, ...] = get_args(CoreChoice)  # the one list of nystrom_core values
 
 SKETCH_OVERSAMPLING = 8
 SKETCH_POWER_ITERATIONS = 1
@@ -63,7 +65,7 @@ def select_indices(
     if method == "pivoted":
         left, right = approximate_singular_vectors(weight, r, generator)
         return deim_indices(right), deim_indices(left)
-    raise ValueError(f"nystrom_index={method!r} is not one of 'first', 'random', 'pivoted'")
+    raise ValueError(f"nystrom_index={method!r} is not one of {', '.join(map(repr, INDEX_CHOICES))}")
 
 
 def approximate_singular_vectors(
@@ -157,7 +159,7 @@ def nystrom_factors(
     elif core == "optimal":
         lora_N = guarded_pinv(lora_B, pinv_rtol) @ weight.float() @ guarded_pinv(lora_A, pinv_rtol)
     else:
-        raise ValueError(f"nystrom_core={core!r} is not one of 'sample', 'pinv', 'optimal'")
+        raise ValueError(f"nystrom_core={core!r} is not one of {', '.join(map(repr, CORE_CHOICES))}")
     return NystromFactors(lora_A, lora_N, lora_B, rows, cols)
 
 

@@ -10,11 +10,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# adapter name -> (NLoraConfig.init_method, NLoraConfig.train_only_intermediate)
+from nlora_plugin.methods import METHODS, NLORA_METHODS
+from nlora_plugin.nystrom import CoreChoice, IndexChoice
+
+# adapter name -> (NLoraConfig.init_method, NLoraConfig.train_only_intermediate), from the method table
 ADAPTERS: dict[str, tuple[str, bool]] = {
-    "nlora": ("nlora", False),  # paper §3: A, N, B from the Nyström decomposition of W
-    "slora": ("slora", False),  # App. B: LoRA init plus a Kaiming-initialised N
-    "inttune": ("nlora", True),  # §4.3: NLoRA init, only N trains
+    name: (METHODS[name].nlora_fields["init_method"], bool(METHODS[name].nlora_fields.get("train_only_intermediate")))
+    for name in NLORA_METHODS
 }
 
 _SET_BY_ADAPTER = {"init_method", "train_only_intermediate"}
@@ -26,12 +28,12 @@ class NLoraOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    nystrom_core: Literal["sample", "pinv", "optimal"] = Field(
+    nystrom_core: CoreChoice = Field(
         default="sample",
         description="N for NLoRA: 'sample' = the sampled r×r block A_W (authors' code); 'pinv' = pinv(A_W) "
         "(eq. 5 read literally); 'optimal' = least-squares core for the same rows and columns.",
     )
-    nystrom_index: Literal["first", "random", "pivoted"] = Field(
+    nystrom_index: IndexChoice = Field(
         default="first",
         description="Which r rows/columns of W are sampled: 'first' (authors' code), 'random' (seeded), "
         "'pivoted' (DEIM pivots of W's approximate top-r singular vectors).",
