@@ -86,7 +86,6 @@ class EvalConfig:
     device: str = "auto"
     report_baseline: str | None = None
     notes: str | None = None
-    raw: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form for run.json (paths resolved, settings expanded)."""
@@ -256,7 +255,6 @@ def parse_config(data: Any, *, base_dir: Path) -> EvalConfig:
         device=_parse_device(top.get("device", "auto")),
         report_baseline=baseline,
         notes=notes,
-        raw=dict(top),
     )
 
 

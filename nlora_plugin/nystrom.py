@@ -103,7 +103,7 @@ def guarded_pinv(matrix: torch.Tensor, rtol: float) -> torch.Tensor:
     """Moore–Penrose pseudo-inverse that drops singular values below ``rtol · σ_max``.
 
     The sampled block A_W of a real weight is often ill-conditioned; without the cut-off its
-    pseudo-inverse explodes (DESIGN §1: errors up to 83× ‖W‖).
+    pseudo-inverse explodes (errors up to 83× ‖W‖ on MiniLM's weights: benchmarks/reconstruction.py).
     """
     return torch.linalg.pinv(matrix.float(), rtol=rtol)
 

@@ -1,7 +1,7 @@
 """Registration of NLoRA with stock PEFT (get_peft_model, PeftModel.from_pretrained, save_pretrained).
 
-``register_peft_method`` insists on a prefix no other method uses, but the issue fixes our module
-names to PEFT's own ``lora_A`` / ``lora_B`` (plus ``lora_N``), whose common prefix ``lora_`` belongs to
+``register_peft_method`` insists on a prefix no other method uses, but NLoRA keeps PEFT's own module
+names ``lora_A`` / ``lora_B`` (plus ``lora_N``), whose common prefix ``lora_`` belongs to
 LoRA. The mapping tables it fills are plain dicts, so we fill the same three entries directly; a
 duplicate prefix only matters to code that maps a prefix back to a type, and PEFT 0.20/0.21 has none.
 """
