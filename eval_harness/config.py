@@ -47,6 +47,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "humaneval": Benchmark("humaneval", "eval_harness.tasks.code", "HUMANEVAL"),
     "mbpp": Benchmark("mbpp", "eval_harness.tasks.code", "MBPP"),
     "mt_bench": Benchmark("mt_bench", "eval_harness.tasks.mt_bench"),
+    "nll": Benchmark("nll", "eval_harness.tasks.nll"),
     "glue": Benchmark("glue", "eval_harness.tasks.glue", per_model=False),
 }
 

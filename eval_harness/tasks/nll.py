@@ -1,0 +1,246 @@
+"""Teacher-forced negative log-likelihood (and perplexity) of reference answers, per item.
+
+For every item the model reads ``prompt + answer`` once; the item's score is the mean NLL (nats) of the
+answer's tokens given the prompt and the answer's earlier tokens (the prompt's own tokens are not scored).
+Lower is better. It needs no generation, so it is cheap and it separates models long before a small model
+solves any problem: the measure PEFT's method_comparison uses for forgetting.
+
+Two data formats, behind `format:`
+- `metamath` (default): GSM8K-style JSONL (`question`, `answer` ending "#### N") or MetaMathQA-style
+  (`query`, `response`). The prompt is the zero-shot Alpaca prompt MetaMath trains on (Axolotl's
+  ``type: alpaca`` writes the same text); a GSM8K solution is scored in MetaMath's form: calculator notes
+  ``<<...>>`` removed and the final "#### N" written as "The answer is: N".
+- `pairs`: any JSONL of prompt/answer pairs, used verbatim (`prompt_field`, `answer_field`).
+
+The answer is tokenized apart from the prompt and followed by the end-of-sequence token (`add_eos`), as
+Axolotl builds its training examples, so a model that learnt to stop is credited for it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from eval_harness.config import check_fields, get_choice, get_int, get_path
+from eval_harness.errors import ConfigError
+from eval_harness.results import ItemLog, atomic_write_json
+
+if TYPE_CHECKING:
+    import torch
+
+    from eval_harness.models import ModelHandle
+
+PACKAGED_GSM8K_TEST = Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "test.jsonl"
+FORMATS = ("metamath", "pairs")
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    "\n\n### Instruction:\n{question}\n\n### Response:\n"
+)
+CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")
+FINAL_ANSWER = re.compile(r"\n?#### *(.+?)\s*$", re.DOTALL)
+FIELDS = ("data", "format", "prompt_field", "answer_field", "limit", "batch_size", "max_length", "add_eos")
+
+
+@dataclass(frozen=True)
+class NllSettings:
+    """A validated `benchmarks.nll` section."""
+
+    data: Path
+    format: str = "metamath"
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    limit: int | None = None
+    batch_size: int | None = None  # None: the YAML's generation.batch_size
+    max_length: int = 1024  # prompt + answer tokens; longer items keep the answer's first tokens
+    add_eos: bool = True
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    prompt: str
+    answer: str
+
+
+def metamath_answer(solution: str) -> str:
+    """A GSM8K solution in MetaMath's form: no calculator notes, "The answer is: N" for "#### N"."""
+    match = FINAL_ANSWER.search(solution)
+    if match is None:
+        raise ValueError(f"no '#### N' final answer in {solution[-80:]!r}")
+    body = CALCULATOR_NOTE.sub("", solution[: match.start()]).rstrip()
+    return f"{body}\nThe answer is: {match.group(1).strip()}"
+
+
+def metamath_item(index: int, record: Mapping[str, Any]) -> Item:
+    """An Item from a GSM8K (`question`/`answer`) or MetaMathQA (`query`/`response`) record."""
+    if "question" in record and "answer" in record:
+        question, answer = str(record["question"]), metamath_answer(str(record["answer"]))
+    elif "query" in record and "response" in record:
+        question, answer = str(record["query"]), str(record["response"])
+    else:
+        raise KeyError("question/answer (GSM8K) or query/response (MetaMathQA)")
+    return Item(str(index), ALPACA_PROMPT.format(question=question), answer)
+
+
+def read_items(settings: NllSettings, *, where: str = "benchmarks.nll") -> list[Item]:
+    """Every item of the data file (the first `limit`); ConfigError naming the line that cannot be used."""
+    items: list[Item] = []
+    with settings.data.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            if settings.limit is not None and len(items) >= settings.limit:
+                break
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"{where}.data: {settings.data} line {number} is not JSON ({error})") from error
+            if not isinstance(record, dict):
+                raise ConfigError(f"{where}.data: {settings.data} line {number} is not a JSON object")
+            items.append(_item(record, len(items), settings, where=f"{where}.data: {settings.data} line {number}"))
+    if not items:
+        raise ConfigError(f"{where}.data: {settings.data} holds no items")
+    return items
+
+
+def _item(record: dict[str, Any], index: int, settings: NllSettings, *, where: str) -> Item:
+    if settings.format == "metamath":
+        try:
+            return metamath_item(index, record)
+        except KeyError as error:
+            raise ConfigError(f"{where}: format 'metamath' needs the fields {error.args[0]}; for other "
+                              "prompt/answer pairs use format: pairs") from None
+        except ValueError as error:
+            raise ConfigError(f"{where}: {error}; a GSM8K answer ends with '#### N'") from None
+    missing = [name for name in (settings.prompt_field, settings.answer_field) if name not in record]
+    if missing:
+        raise ConfigError(f"{where} lacks {missing}; set prompt_field/answer_field to the fields holding the "
+                          f"prompt and the reference answer (its fields: {sorted(record)})")
+    answer = str(record[settings.answer_field])
+    if not answer.strip():
+        raise ConfigError(f"{where}: the answer field {settings.answer_field!r} is empty: nothing to score")
+    item_id = str(record.get("id", index))
+    return Item(item_id, str(record[settings.prompt_field]), answer)
+
+
+def parse_section(section: Mapping[str, Any], *, where: str, base_dir: Path) -> NllSettings:
+    """Check the fields and read every item (so bad data fails before any model loads)."""
+    fields = check_fields(section, where=where, allowed=FIELDS)
+    data_format = get_choice(fields, "format", where=where, choices=FORMATS, default="metamath")
+    if fields.get("data") is None and data_format == "metamath":
+        data = PACKAGED_GSM8K_TEST
+    else:
+        data = get_path(fields, "data", where=where, base_dir=base_dir)
+    for name in ("prompt_field", "answer_field"):
+        if name in fields and data_format != "pairs":
+            raise ConfigError(f"{where}.{name}: only used with format: pairs (format is {data_format!r}); remove it")
+        if name in fields and (not isinstance(fields[name], str) or not fields[name]):
+            raise ConfigError(f"{where}.{name}: expected a field name, got {fields[name]!r}")
+    add_eos = fields.get("add_eos", True)
+    if not isinstance(add_eos, bool):
+        raise ConfigError(f"{where}.add_eos: expected true or false, got {add_eos!r}")
+    settings = NllSettings(
+        data=data,
+        format=data_format,
+        prompt_field=fields.get("prompt_field", "prompt"),
+        answer_field=fields.get("answer_field", "answer"),
+        limit=get_int(fields, "limit", where=where, default=None, minimum=1),
+        batch_size=get_int(fields, "batch_size", where=where, default=None, minimum=1),
+        max_length=get_int(fields, "max_length", where=where, default=1024, minimum=2),
+        add_eos=add_eos,
+    )
+    items = read_items(settings, where=where)
+    if len({item.id for item in items}) != len(items):
+        raise ConfigError(f"{where}.data: {data}: item ids repeat; give every line a unique 'id' (or none)")
+    return settings
+
+
+def encode(item: Item, tokenizer: Any, settings: NllSettings) -> tuple[list[int], int, bool]:
+    """(token ids of prompt + answer, number of prompt tokens, truncated?)."""
+    prompt = tokenizer(item.prompt)["input_ids"]
+    answer = tokenizer(item.answer, add_special_tokens=False)["input_ids"]
+    if settings.add_eos and tokenizer.eos_token_id is not None:
+        answer = answer + [tokenizer.eos_token_id]
+    if len(prompt) >= settings.max_length:
+        raise ConfigError(f"benchmarks.nll: item {item.id}'s prompt has {len(prompt)} tokens, max_length is "
+                          f"{settings.max_length}: no answer token would be scored; raise max_length")
+    ids = (prompt + answer)[: settings.max_length]
+    return ids, len(prompt), len(prompt) + len(answer) > settings.max_length
+
+
+def answer_nll(model: torch.nn.Module, batch: list[tuple[list[int], int]], *, pad_id: int) -> list[list[float]]:
+    """Per answer token NLL (nats) for each (ids, n_prompt) of the batch, from one padded forward pass."""
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    device = next(model.parameters()).device
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, _) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        mask[row, : len(ids)] = 1
+    with torch.no_grad():
+        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
+    log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
+    targets = input_ids[:, 1:].to(device)
+    token_nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
+    return [token_nll[row, n_prompt - 1 : len(ids) - 1].tolist() for row, (ids, n_prompt) in enumerate(batch)]
+
+
+def _batches(items: list[Item], size: int) -> Iterator[list[Item]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def run(settings: NllSettings, *, model: ModelHandle, out_dir: Path) -> dict[str, Any]:
+    """Score every item not already in items.jsonl; write summary.json from all of them."""
+    start = time.perf_counter()
+    items = read_items(settings)
+    log = ItemLog(out_dir / "items.jsonl")
+    done = log.done_ids()
+    todo = [item for item in items if item.id not in done]
+    if todo:
+        tokenizer, network = model.tokenizer, model.model
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        for chunk in _batches(todo, settings.batch_size or model.generation.batch_size):
+            encoded = [encode(item, tokenizer, settings) for item in chunk]
+            losses = answer_nll(network, [(ids, n_prompt) for ids, n_prompt, _ in encoded], pad_id=pad_id)
+            for item, (ids, n_prompt, truncated), token_losses in zip(chunk, encoded, losses):
+                total = float(sum(token_losses))
+                log.append({"id": item.id, "score": total / len(token_losses),
+                            "scores": {"nll": total / len(token_losses), "sum_nll": total},
+                            "n_tokens": len(token_losses), "n_prompt_tokens": n_prompt, "truncated": truncated})
+    wanted = {item.id for item in items}
+    records = [record for record in log.records() if str(record["id"]) in wanted]
+    summary = {
+        "label": model.label,
+        "method": model.method,
+        "seed": model.seed,
+        "benchmark": "nll",
+        "metrics": summary_metrics(records),
+        "primary_metric": "nll",
+        "metric_kind": "mean",
+        "lower_is_better": True,
+        "n_items": len(records),
+        "trainable_params": model.trainable_params,
+        "extra": {"answer_tokens": sum(int(r["n_tokens"]) for r in records), "data": str(settings.data), "format": settings.format, "add_eos": settings.add_eos,
+                  "max_length": settings.max_length, "truncated_items": sum(bool(r["truncated"]) for r in records),
+                  "measure": "mean over items of the mean NLL (nats) per answer token, teacher-forced",
+                  "eval_time_s": round(time.perf_counter() - start, 3)},
+    }
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def summary_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
+    """nll: mean of the items' per-token NLL (the CI's statistic); token_nll and perplexity pool all tokens."""
+    tokens = sum(int(record["n_tokens"]) for record in records)
+    token_nll = sum(float(record["scores"]["sum_nll"]) for record in records) / tokens
+    return {"nll": sum(float(record["score"]) for record in records) / len(records),
+            "token_nll": token_nll, "perplexity": math.exp(token_nll)}
