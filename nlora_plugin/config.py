@@ -112,6 +112,11 @@ class NLoraConfig(PeftConfig):
     layers_pattern: list[str] | str | None = field(
         default=None, metadata={"help": "Name of the layer list used with layers_to_transform (as in PEFT)."}
     )
+    init_diagnostics: dict | None = field(
+        default=None,
+        metadata={"help": "Written at init, not set by users: how much the adapter changes each layer's weight at "
+                  "step 0 (nlora_plugin.diagnostics), saved with the adapter and shown by eval-harness reports."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -10,6 +10,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .config import NLoraConfig
+from .diagnostics import measure, summary_line, warn_if_damaging
 from .layer import NLoraLayer, NLoraLinear
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,20 @@ class NLoraModel(BaseTuner):
                 "nystrom_core='optimal' with lora_alpha = r always gives a residual smaller than W.",
                 len(larger), len(ratios), larger[worst], worst, config.nystrom_core, config.nystrom_index,
             )
+        self._record_step0_diagnostics(model, config, adapter_name)
+
+    def _record_step0_diagnostics(self, model: nn.Module, config: NLoraConfig, adapter_name: str) -> None:
+        """How far the init moves each layer's weight (nlora_plugin.diagnostics): logged, warned, saved in the config.
+
+        Loading a saved adapter recomputes the same figures (same seed, same factors) and never warns.
+        """
+        figures = measure(model, adapter_name, NLoraLayer)
+        if figures is None:  # adapter on meta (low_cpu_mem_usage) or sharded weights: keep what the config holds
+            return
+        config.init_diagnostics = figures
+        logger.info(summary_line(figures))
+        if not config.inference_mode:
+            warn_if_damaging(figures, residual=config.residual)
 
     def _create_and_replace(
         self,
