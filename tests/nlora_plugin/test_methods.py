@@ -18,7 +18,7 @@ def test_a_saved_config_reads_back_as_its_method(name):
 
 
 def test_the_axolotl_adapters_are_the_nlora_rows_of_the_table():
-    pytest.importorskip("pydantic", reason="the PEFT 0.21 core venv has no Axolotl/pydantic")
+    pytest.importorskip("axolotl", reason="the PEFT 0.21 core venv has no Axolotl")
     from nlora_plugin.axolotl.args import ADAPTERS
 
     assert set(ADAPTERS) == set(NLORA_METHODS) == {"slora", "nlora", "inttune"}
