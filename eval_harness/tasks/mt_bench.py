@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from eval_harness.config import check_fields, get_choice, get_float, get_int, get_path
 from eval_harness.errors import ConfigError
-from eval_harness.judge import JudgeClient, JudgeSettings
+from eval_harness.judge import JudgeClient, JudgeError, JudgeSettings
 from eval_harness.results import ItemLog, atomic_write_json, atomic_write_text, read_json
 
 if TYPE_CHECKING:
@@ -262,18 +262,37 @@ def pair_request(prompts: Mapping[str, dict], question: dict, answers_a: list[st
 
 def judge_all(settings: MTBenchSettings, requests: dict[str, Callable[[JudgeClient], dict]], log: ItemLog,
               desc: str) -> None:
-    """Ask the judge for every request id not yet in `log`, a few at a time; log each as it finishes."""
+    """Ask the judge for every request id not yet in `log`, a few at a time; log each as it finishes.
+
+    On the first request that fails for good (a refusal, a bad reply, retries used up) nothing more is
+    sent: requests not yet started are cancelled, those in flight are still logged as they finish, and
+    the error is raised naming its request, so a rerun pays only for what was never answered.
+    """
     todo = {key: make for key, make in requests.items() if key not in log.done_ids()}
     if not todo:
         return
     client = JudgeClient(settings.judge)
+    failure: tuple[str, Exception] | None = None
     try:
         with ThreadPoolExecutor(settings.judge.concurrency) as pool:
             futures = {pool.submit(make, client): key for key, make in todo.items()}
             for future in tqdm(as_completed(futures), total=len(futures), desc=desc):
-                log.append({"id": futures[future], **future.result()})
+                if future.cancelled():
+                    continue
+                try:
+                    result = future.result()
+                except Exception as error:  # noqa: BLE001 - re-raised below, after the answers in flight
+                    if failure is None:
+                        failure = (futures[future], error)
+                        for pending in futures:
+                            pending.cancel()
+                    continue
+                log.append({"id": futures[future], **result})
     finally:
         client.close()
+    if failure is not None:
+        key, error = failure
+        raise JudgeError(f"mt_bench judging stopped at request {key}: {error}") from error
 
 
 def run(settings: MTBenchSettings, *, model: ModelHandle, out_dir: Path) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from eval_harness.config import load_config
 from eval_harness.errors import ConfigError
 from eval_harness.models import ModelHandle
 from eval_harness.report import build_report
-from eval_harness.runner import MODEL_RECORD, record_model
 from eval_harness.results import atomic_write_json
+from eval_harness.runner import MODEL_RECORD, record_model
 from tests.fixtures.report.synthetic import binary_scores, write_mean_result, write_run_json
 
 from .conftest import TARGETS, tiny_config, write_yaml
@@ -64,10 +64,10 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max()) / float(b.abs().max())
 
 
-OPTIONS = [dict(nystrom_index=index, nystrom_core=core) for index in ("first", "random", "pivoted")
+OPTIONS = [{"nystrom_index": index, "nystrom_core": core} for index in ("first", "random", "pivoted")
            for core in ("sample", "pinv", "optimal")]
-OPTIONS += [dict(residual=True), dict(residual=True, nystrom_index="pivoted", nystrom_core="optimal"),
-            dict(init_method="slora"), dict(train_only_intermediate=True)]
+OPTIONS += [{"residual": True}, {"residual": True, "nystrom_index": "pivoted", "nystrom_core": "optimal"},
+            {"init_method": "slora"}, {"train_only_intermediate": True}]
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))

@@ -62,8 +62,8 @@ def ok(text: str) -> tuple[int, object, dict[str, str]]:
 
 
 def client(base_url: str, **fields) -> JudgeClient:
-    return JudgeClient(JudgeSettings(base_url=base_url, model="judge-model", timeout_s=5.0, backoff_s=0.01,
-                                     **fields))
+    return JudgeClient(JudgeSettings(**{"base_url": base_url, "model": "judge-model", "timeout_s": 5.0,
+                                        "backoff_s": 0.01, **fields}))
 
 
 def test_request_is_an_openai_chat_completion(serve):
@@ -116,3 +116,72 @@ def test_unreachable_endpoint_is_retried_then_named():
         port = sock.getsockname()[1]
     with pytest.raises(JudgeError, match=rf"127\.0\.0\.1:{port}/v1/chat/completions failed 2 times; last: Connect"):
         client(f"http://127.0.0.1:{port}/v1", max_retries=1).complete("s", "u")
+
+
+class TricklingServer:
+    """Answers every connection one byte every `pause_s` (headers and body), for as long as it is listened to."""
+
+    def __init__(self, pause_s: float, body_only: bool) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.pause_s, self.body_only, self.stop = pause_s, body_only, threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import time
+
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            body = json.dumps({"choices": [{"message": {"content": "x" * 200}}]}).encode()
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+            try:
+                conn.recv(65536)
+                if self.body_only:
+                    conn.sendall(head)
+                for byte in (body if self.body_only else head + body):
+                    if self.stop.is_set():
+                        break
+                    conn.sendall(bytes([byte]))
+                    time.sleep(self.pause_s)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+
+@pytest.mark.parametrize("body_only", [True, False], ids=["body", "headers"])
+def test_timeout_is_a_total_deadline_per_request_not_per_read(body_only):
+    """A server trickling one byte every 0.1 s would take > 25 s per reply; timeout_s=1 must end it in ~1 s."""
+    import time
+
+    server = TricklingServer(0.1, body_only)
+    try:
+        start = time.monotonic()
+        with pytest.raises(JudgeError, match="failed 2 times.*(?i:timeout)"):
+            client(server.base_url, timeout_s=1.0, max_retries=1).complete("", "q")
+        assert time.monotonic() - start < 10.0
+    finally:
+        server.stop.set()
+        server.sock.close()
+
+
+@pytest.mark.parametrize("content", [123, ["a"], {"text": "a"}])
+def test_non_string_content_is_a_clear_error(serve, content):
+    server = serve((200, {"choices": [{"message": {"content": content}}]}, {}))
+    with pytest.raises(JudgeError, match=rf"answered with a {type(content).__name__} .*not text"):
+        client(server.base_url).complete("", "q")
+
+
+def test_a_huge_reply_is_refused(serve, monkeypatch):
+    from eval_harness import judge
+
+    monkeypatch.setattr(judge, "MAX_RESPONSE_BYTES", 1000)
+    server = serve(ok("y" * 5000))
+    with pytest.raises(JudgeError, match="larger than 1000 bytes"):
+        client(server.base_url).complete("", "q")
+    assert len(server.requests) == 1  # not retried

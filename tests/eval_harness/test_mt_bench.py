@@ -207,3 +207,38 @@ def test_pairwise_judges_both_orders(fake_judge, tmp_path):
     fake_judge.requests.clear()
     (tmp_path / "tuned" / "mt_bench_vs_base" / "judgments.jsonl").unlink()
     assert mt_bench.run_pairwise(s, label_a="tuned", label_b="base", run_dir=tmp_path)["metrics"]["win_rate"] == 1.0
+
+
+def test_judging_stops_at_a_refusal_and_keeps_every_answer_received(tmp_path):
+    """Request 1 of 40 is refused (not retryable): at most the requests already in flight are sent, each
+    answer that arrives is logged, and the error names the request; a rerun asks only for the rest."""
+    import time
+
+    from eval_harness.judge import JudgeError
+    from eval_harness.results import ItemLog
+
+    s = settings("http://127.0.0.1:1/v1")
+    s = mt_bench.MTBenchSettings(**{**s.__dict__, "judge": mt_bench.JudgeSettings(
+        **{**s.judge.__dict__, "concurrency": 2})})
+    sent: list[str] = []
+
+    def make(key: str):
+        def ask(client):
+            sent.append(key)
+            if key == "q00":
+                raise JudgeError("HTTP 400: bad request")
+            time.sleep(0.05)
+            return {"rating": 5.0}
+        return ask
+
+    requests = {f"q{i:02d}": make(f"q{i:02d}") for i in range(40)}
+    log = ItemLog(tmp_path / "judgments.jsonl")
+    with pytest.raises(JudgeError, match="stopped at request q00: HTTP 400"):
+        mt_bench.judge_all(s, requests, log, desc="t")
+    assert len(sent) <= 3, sent
+    assert log.done_ids() == set(sent) - {"q00"}
+    answered_before = len(log.done_ids())
+    sent.clear()
+    requests["q00"] = lambda client: {"rating": 1.0}  # the endpoint is fixed; q00 is not counted in `sent`
+    mt_bench.judge_all(s, requests, log, desc="t")
+    assert len(log.done_ids()) == 40 and len(sent) == 40 - answered_before - 1
