@@ -242,9 +242,24 @@ class NLoraLayer(BaseTunerLayer):
 
     @torch.no_grad()
     def _add_to_base_weight(self, delta: torch.Tensor) -> None:
-        """W += delta in W's dtype, on the full weight (gathered and re-sharded under ZeRO-3 / FSDP2)."""
+        """W += delta on the full weight (gathered and re-sharded under ZeRO-3 / FSDP2), rounded once to W's dtype."""
         with full_weight(self.get_base_layer().weight, modify=True) as weight:
-            weight.add_(delta.to(weight.device, weight.dtype))
+            if weight.dtype == torch.float32:
+                weight.add_(delta.to(weight.device, weight.dtype))
+            else:
+                weight.copy_((weight.float() + delta.to(weight.device, torch.float32)).to(weight.dtype))
+
+    def residual_product(self) -> torch.Tensor | None:
+        """Σ scale·B0·N0·A0 over the residual adapters (W's layout): what residual mode took from W; None if none."""
+        deltas = [self._residual_delta(name) for name in self.residual_adapters()]
+        return torch.stack(deltas).sum(0) if deltas else None
+
+    @torch.no_grad()
+    def subtract_residuals(self) -> None:
+        """Take every residual adapter's initial product from W again: after the *original* W was loaded."""
+        product = self.residual_product()
+        if product is not None:
+            self._add_to_base_weight(-product)
 
     @torch.no_grad()
     def restore_residuals(self) -> None:

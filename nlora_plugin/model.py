@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import logging
 
+import torch
+from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
-from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from peft.utils import (
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
+    get_base_model_state_dict,
+    set_base_model_state_dict,
+)
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -28,6 +34,13 @@ class NLoraModel(BaseTuner):
     prefix: str = "lora_"
     tuner_layer_cls = NLoraLayer
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    @classmethod
+    def _get_adapter_state_dict(cls, model: nn.Module, config, adapter_name: str, state_dict: dict, *args, **kwargs):
+        """PEFT >= 0.21 saves every tensor of a tuner layer; the residual factors (residual_A/N/B) are not adapter
+        weights — they are rebuilt from the base on load — so the adapter file holds lora_* only, as on PEFT 0.20."""
+        selected = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, *args, **kwargs)
+        return {key: value for key, value in selected.items() if ".residual_" not in key}
 
     def _pre_injection_hook(self, model: nn.Module, config: NLoraConfig, adapter_name: str) -> None:
         """Reject an impossible NLoRA rank for any target layer before a single layer is initialised.
@@ -108,3 +121,52 @@ class NLoraModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an added adapter is not trainable until set_adapter
         self._replace_module(parent, target_name, new_module, target)
+
+
+# --- residual mode and the base model's state dict -------------------------------------------------------------
+# Residual mode rewrites W to W - scale·B0·N0·A0 (PiSSA-style, as PEFT's PiSSA/OLoRA do), so PEFT's
+# get_base_model_state_dict returns the *residual* weights, and set_base_model_state_dict with the original
+# weights silently undoes the subtraction. These two functions are the original-weight counterparts.
+
+
+def _residual_layers(model: PeftModel) -> list[tuple[str, NLoraLayer]]:
+    """(original state-dict prefix, layer) of every layer holding a residual adapter; refuses merged layers."""
+    found = []
+    for name, module in model.base_model.model.named_modules():
+        if isinstance(module, NLoraLayer) and module.residual_adapters():
+            if module.merged:
+                raise ValueError(
+                    f"{name} has merged adapters {module.merged_adapters}: the base weight is not the residual; "
+                    "call model.unmerge_adapter() first."
+                )
+            found.append((name, module))
+    return found
+
+
+def original_base_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
+    """The base model's state dict with the original (pretrained) weights, in residual mode too.
+
+    ``get_base_model_state_dict`` plus every residual adapter's initial product added back (float32, rounded
+    once to the weight's dtype). Without residual adapters it equals ``get_base_model_state_dict``. The model
+    must not be sharded (a gathered or single-process model).
+    """
+    state = get_base_model_state_dict(model)
+    for name, layer in _residual_layers(model):
+        key = f"{name}.weight"
+        weight = state[key]
+        state[key] = (weight.float() + layer.residual_product().to(weight.device)).to(weight.dtype)
+    return state
+
+
+def load_original_base_state_dict(model: PeftModel, state_dict: dict[str, torch.Tensor], strict: bool = True):
+    """Load original (pretrained) base weights into a wrapped model and re-apply residual mode's subtraction.
+
+    The counterpart of :func:`original_base_state_dict`: ``set_base_model_state_dict`` followed by
+    W <- W - scale·B0·N0·A0 for every residual adapter, from the factors the layer kept, so the model is
+    the one residual mode built. Returns ``set_base_model_state_dict``'s (missing_keys, unexpected_keys).
+    """
+    residual = _residual_layers(model)
+    result = set_base_model_state_dict(model, state_dict, strict=strict)
+    for _, layer in residual:
+        layer.subtract_residuals()
+    return result
