@@ -22,8 +22,8 @@ from peft.utils import get_peft_model_state_dict
 from transformers import AutoModelForCausalLM
 
 import nlora_plugin
-from eval_harness.demo import build_tiny_decoder
 from eval_harness.models import ModelHandle
+from eval_harness.tiny_decoder import build_tiny_decoder
 from nlora_plugin.convert import base_rewrite, convert_adapter_folder, save_initial_adapter
 
 IDS = torch.tensor([[101, 2023, 2003, 1037, 3231, 1997, 1996, 2731, 2944, 102]])

@@ -25,13 +25,21 @@ def count_adapter_parameters(adapter: Path) -> int:
     """Trainable parameters of an adapter, counted from its saved tensors.
 
     Tensors the adapter's method never trains (IntTune: lora_A and lora_B, see nlora_plugin.methods)
-    are left out; every other saved tensor (modules_to_save included) was trained.
+    are left out; every other saved tensor (modules_to_save included) was trained. A PiSSA/OLoRA adapter
+    saved as plain LoRA (lora_conversion.json) holds its frozen init beside the trained factors
+    (rank 2r for r trained): only the trained share of its LoRA factors counts.
     """
     from safetensors import safe_open
 
+    from nlora_plugin.convert import CONVERSION_RECORD
     from nlora_plugin.methods import frozen_tensors
 
-    frozen = frozen_tensors(json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")))
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    frozen = frozen_tensors(config)
+    conversion = adapter / CONVERSION_RECORD
+    trained_share = 1.0
+    if conversion.is_file():
+        trained_share = json.loads(conversion.read_text(encoding="utf-8"))["original_r"] / config["r"]
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
         state = torch.load(adapter / "adapter_model.bin", map_location="cpu", weights_only=True)
@@ -46,7 +54,7 @@ def count_adapter_parameters(adapter: Path) -> int:
         numel = 1
         for size in shape:
             numel *= size
-        total += numel
+        total += round(numel * trained_share) if ".lora_A." in name or ".lora_B." in name else numel
     return total
 
 

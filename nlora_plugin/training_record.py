@@ -21,6 +21,7 @@ def budget_record(args: Any, state: Any, adapter: Mapping[str, Any], extra: Mapp
     """The budget of a finished HF Trainer run: `args` (TrainingArguments), `state` (TrainerState).
 
     effective batch = micro batch × gradient accumulation × world size; samples = steps × effective batch.
+    `loss_curve` is [step, training loss] for every logged step (the report plots it).
     """
     micro = int(args.per_device_train_batch_size)
     accumulation = int(args.gradient_accumulation_steps)
@@ -43,9 +44,16 @@ def budget_record(args: Any, state: Any, adapter: Mapping[str, Any], extra: Mapp
         "epochs": float(getattr(state, "epoch", 0.0) or 0.0),
         "samples": steps * effective,
         "seed": int(args.seed),
+        "loss_curve": loss_curve(getattr(state, "log_history", None) or []),
         **dict(adapter),
         **dict(extra),
     }
+
+
+def loss_curve(log_history: list[Mapping[str, Any]]) -> list[list[float]]:
+    """[step, loss] from the Trainer's log history (its per-step training-loss entries only)."""
+    return [[float(entry["step"]), float(entry["loss"])] for entry in log_history
+            if "loss" in entry and "step" in entry]
 
 
 def write_training_settings(folder: Path, record: Mapping[str, Any]) -> Path:

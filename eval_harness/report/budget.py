@@ -14,8 +14,8 @@ from typing import Any
 
 from .load import ReportError, Runs
 
-# training-settings fields that say where or with which seed a run was made, not how it was trained
-NOT_CONFIGURATION = ("seed", "written_by", "schema_version")
+# training-settings fields that are not how a run was trained: where or with which seed it was made, its outcome
+NOT_CONFIGURATION = ("seed", "written_by", "schema_version", "loss_curve")
 PARITY_FIELDS = ("samples", "rank", "learning_rate", "lr_schedule")  # eval_harness.config.BUDGET_FIELDS
 
 

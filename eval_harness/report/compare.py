@@ -137,6 +137,7 @@ def compare(runs: Runs, baseline: str | None, *, n_resamples: int = DEFAULT_RESA
         "significance": significance,
         "efficiency": _efficiency(runs, keys, baseline_of),
         "loss_curves": {key: curve for key in keys if (curve := _loss_curve(runs, key))},
+        "generations": _generations(runs, keys),
         "runs": [_run_record(info) for info in runs.run_infos],
         "report_versions": package_versions(REPORT_PACKAGES),
         "skipped": runs.skipped,
@@ -212,6 +213,7 @@ def _benchmark_info(runs: Runs, key: str) -> dict[str, Any]:
     metrics = list(dict.fromkeys(name for s in summaries for name in s["metrics"]))
     return {"key": key, "name": benchmark_name(key), "primary_metric": primaries[0], "metric_kind": kinds[0],
             "percent": is_percent(primaries[0]), "metrics": metrics,
+            "lower_is_better": any(bool(s.get("lower_is_better")) for s in summaries),
             "percent_metrics": [name for name in metrics if is_percent(name)]}
 
 
@@ -285,7 +287,8 @@ def _efficiency(runs: Runs, keys: list[str], baseline_of: dict[str, str | None])
             values = [float(t.data[name]) for t in trainings if t.data.get(name) is not None]
             if values:
                 row[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
-        table[key] = row
+        if row:  # adapters trained by `axolotl train` bring a loss curve but no efficiency figures
+            table[key] = row
     for key, row in table.items():
         base_row = table.get(baseline_of[key]) or {}
         for name, cell in row.items():
@@ -308,6 +311,22 @@ def _loss_curve(runs: Runs, row: str) -> dict[str, Any] | None:
     losses = np.stack([np.interp(steps, curve[:, 0], curve[:, 1]) for curve in curves])
     return {"steps": steps.tolist(), "mean": losses.mean(axis=0).tolist(), "std": losses.std(axis=0).tolist(),
             "n_seeds": len(curves)}
+
+
+def _generations(runs: Runs, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """Per benchmark with sample generations: its items (id, prompt, reference) and each row's first seed's text."""
+    found: dict[str, dict[str, Any]] = {}
+    for bench in runs.benchmarks:
+        for key in keys:
+            seeds = [result for result in runs.seeds(key, bench) if result.generations]
+            if not seeds:
+                continue
+            section = found.setdefault(bench, {"items": {}, "rows": {}})
+            for item in seeds[0].generations:
+                section["items"].setdefault(item["id"], {"prompt": item["prompt"], "reference": item["reference"]})
+            section["rows"][key] = {"label": seeds[0].label,
+                                    "texts": {item["id"]: item["generation"] for item in seeds[0].generations}}
+    return found
 
 
 def _run_record(info: dict[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class SeedResult:
     sample: Sample | None  # None when items.jsonl is missing or empty: no CI then
     metric_samples: dict[str, Sample] = field(default_factory=dict)  # other mean metrics with per-item scores
     record: dict[str, Any] | None = None  # <label>/model.json: what was evaluated (adapter hash, budget, probe)
+    generations: tuple[dict[str, str], ...] = ()  # items with a sample generation: id, prompt, reference, generation
 
     @property
     def metric_kind(self) -> str:
@@ -175,6 +176,7 @@ LEGACY_ITEM_SCORE_KEYS = {"gsm8k": {"exact_match_flexible": "exact_match,flexibl
 
 def _load_label(run_dir: Path, model: str, label_dir: Path, runs: Runs) -> None:
     record = read_json(label_dir / MODEL_RECORD) if (label_dir / MODEL_RECORD).is_file() else None
+    first_result = len(runs.results)
     for bench_dir in sorted(path for path in label_dir.iterdir() if path.is_dir()):
         summary_path = bench_dir / "summary.json"
         if not summary_path.is_file():
@@ -193,15 +195,29 @@ def _load_label(run_dir: Path, model: str, label_dir: Path, runs: Runs) -> None:
             run_dir=run_dir, model=model, label=str(summary["label"]), method=str(summary["method"]),
             seed=summary.get("seed"), benchmark=str(summary["benchmark"]), summary=summary,
             sample=_read_sample(items, summary["metric_kind"]), metric_samples=_metric_samples(items, summary),
-            record=record,
+            record=record, generations=_generations(items),
         ))
     training_path = label_dir / "training.json"
+    adapter_training = ((record or {}).get("provenance") or {}).get("training") or {}
+    evaluated = runs.results[first_result:]
+    if not training_path.is_file() and adapter_training.get("loss_curve") and evaluated:
+        # an adapter trained outside the harness (axolotl train): its loss curve from training_settings.json
+        runs.trainings.append(TrainingResult(run_dir=run_dir, model=model, label=evaluated[0].label,
+                                             method=evaluated[0].method, seed=evaluated[0].seed,
+                                             data={"method": evaluated[0].method,
+                                                   "loss_curve": adapter_training["loss_curve"]}))
     if training_path.is_file():
         data = read_json(training_path)
         if "method" not in data:
             raise ReportError(f"{training_path} lacks the field 'method'; see docs/eval_harness_contract.md")
         runs.trainings.append(TrainingResult(run_dir=run_dir, model=model, label=label_dir.name, method=str(data["method"]),
                                              seed=data.get("seed"), data=data))
+
+
+def _generations(items_path: Path) -> tuple[dict[str, str], ...]:
+    """The items that carry a sample generation (e.g. `nll` with `generate: K`)."""
+    return tuple({name: str(record.get(name, "")) for name in ("id", "prompt", "reference", "generation")}
+                 for record in ItemLog(items_path).records() if isinstance(record.get("generation"), str))
 
 
 def _metric_samples(items_path: Path, summary: dict[str, Any]) -> dict[str, Sample]:

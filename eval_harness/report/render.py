@@ -74,7 +74,8 @@ def main_table(results: dict[str, Any]) -> Table:
             cells.append(_parity_cell(row))
         rows.append(cells)
     caption = ("Mean over seeds of each benchmark's primary metric ("
-               + ", ".join(f"{b['name']}: {b['primary_metric']}{' ×100' if b['percent'] else ''}" for b in benches)
+               + ", ".join(f"{b['name']}: {b['primary_metric']}{' ×100' if b['percent'] else ''}"
+                           f"{', lower is better' if b.get('lower_is_better') else ''}" for b in benches)
                + "). #Params = trainable parameters.")
     if results["baseline"]:
         caption += (f" * = differs from {results['baseline']} at p < {results['statistics']['significance_level']}"
@@ -226,8 +227,46 @@ def efficiency_table(results: dict[str, Any]) -> Table | None:
     caption = "From training.json: mean ± std over seeds."
     if not has_ratio and results["baseline"]:
         caption += f" No ratios: the baseline {results['baseline']} has no training.json."
-    return Table("Efficiency and training loss", headers, rows, caption,
-                 figures=["efficiency.png", "loss_curves.png"], text_columns=len(_name_headers(results)))
+    return Table("Efficiency", headers, rows, caption, figures=["efficiency.png"],
+                 text_columns=len(_name_headers(results)))
+
+
+def loss_table(results: dict[str, Any]) -> Table | None:
+    """Training loss per row: at the first logged step, its highest, and at the last step (mean over seeds)."""
+    curves = results["loss_curves"]
+    if not curves:
+        return None
+    rows = []
+    for key, curve in curves.items():
+        mean, steps = curve["mean"], curve["steps"]
+        rows.append([*_row_names(results, key), str(curve["n_seeds"]), f"{steps[0]:g}–{steps[-1]:g}",
+                     f"{mean[0]:.3f}", f"{max(mean):.3f}", f"{mean[-1]:.3f}"])
+    caption = ("Training loss as logged by the trainer (mean over seeds): a highest loss far above the first "
+               "step's is a loss spike (e.g. an init that moves a pretrained model's output at step 0).")
+    return Table("Training loss", [*_name_headers(results), "seeds", "steps", "first", "highest", "last"], rows,
+                 caption, figures=["loss_curves.png"], text_columns=len(_name_headers(results)))
+
+
+def _clipped(text: str, limit: int = 400) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def generation_tables(results: dict[str, Any]) -> list[Table]:
+    """Per benchmark with sample generations: each item's question and reference, then every row's completion."""
+    tables = []
+    for bench, section in results.get("generations", {}).items():
+        rows = []
+        for item_id, item in section["items"].items():
+            rows.append([item_id, "prompt (end)", _clipped(item["prompt"][-300:])])
+            rows.append([item_id, "reference", _clipped(item["reference"])])
+            for key, row in section["rows"].items():
+                if item_id in row["texts"]:
+                    rows.append([item_id, " / ".join(_row_names(results, key)), _clipped(row["texts"][item_id])])
+        tables.append(Table(f"Sample generations ({bench})", ["item", "from", "text"], rows,
+                            "Greedy completions of the first items' prompts, one seed per row, cut at 400 characters: "
+                            "a sanity check of what each model writes, not a score.", text_columns=3))
+    return tables
 
 
 def run_tables(results: dict[str, Any]) -> list[Table]:
@@ -250,8 +289,8 @@ def run_tables(results: dict[str, Any]) -> list[Table]:
 
 def all_tables(results: dict[str, Any]) -> list[Table]:
     tables = [main_table(results), budget_table(results), ci_table(results), significance_table(results),
-              efficiency_table(results),
-              *metric_tables(results), *run_tables(results)]
+              loss_table(results), efficiency_table(results),
+              *metric_tables(results), *generation_tables(results), *run_tables(results)]
     return [table for table in tables if table is not None]
 
 

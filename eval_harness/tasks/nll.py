@@ -6,11 +6,14 @@ Lower is better. It needs no generation, so it is cheap and it separates models 
 solves any problem: the measure PEFT's method_comparison uses for forgetting.
 
 Two data formats, behind `format:`
-- `metamath` (default): GSM8K-style JSONL (`question`, `answer` ending "#### N") or MetaMathQA-style
-  (`query`, `response`). The prompt is the zero-shot Alpaca prompt MetaMath trains on (Axolotl's
+- `metamath` (default): GSM8K-style JSONL (`question`, `answer` ending "#### N"), MetaMathQA-style
+  (`query`, `response`) or Alpaca records without input (`instruction`, `output`: a training file itself). The prompt is the zero-shot Alpaca prompt MetaMath trains on (Axolotl's
   ``type: alpaca`` writes the same text); a GSM8K solution is scored in MetaMath's form: calculator notes
   ``<<...>>`` removed and the final "#### N" written as "The answer is: N".
 - `pairs`: any JSONL of prompt/answer pairs, used verbatim (`prompt_field`, `answer_field`).
+
+`generate: K` also writes a greedy completion of the first K prompts into their items (a sanity check the
+report shows beside the scores; `max_new_tokens` defaults to the YAML's `generation.max_new_tokens`).
 
 The answer is tokenized apart from the prompt and followed by the end-of-sequence token (`add_eos`), as
 Axolotl builds its training examples, so a model that learnt to stop is credited for it.
@@ -44,7 +47,8 @@ ALPACA_PROMPT = (
 )
 CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")
 FINAL_ANSWER = re.compile(r"\n?#### *(.+?)\s*$", re.DOTALL)
-FIELDS = ("data", "format", "prompt_field", "answer_field", "limit", "batch_size", "max_length", "add_eos")
+FIELDS = ("data", "format", "prompt_field", "answer_field", "limit", "batch_size", "max_length", "add_eos",
+          "generate", "max_new_tokens")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class NllSettings:
     batch_size: int | None = None  # None: the YAML's generation.batch_size
     max_length: int = 1024  # prompt + answer tokens; longer items keep the answer's first tokens
     add_eos: bool = True
+    generate: int = 0  # greedy completions of the first `generate` prompts, stored in their items
+    max_new_tokens: int | None = None  # None: the YAML's generation.max_new_tokens
 
 
 @dataclass(frozen=True)
@@ -78,13 +84,16 @@ def metamath_answer(solution: str) -> str:
 
 
 def metamath_item(index: int, record: Mapping[str, Any]) -> Item:
-    """An Item from a GSM8K (`question`/`answer`) or MetaMathQA (`query`/`response`) record."""
+    """An Item from a GSM8K (`question`/`answer`), MetaMathQA (`query`/`response`) or Alpaca record."""
     if "question" in record and "answer" in record:
         question, answer = str(record["question"]), metamath_answer(str(record["answer"]))
     elif "query" in record and "response" in record:
         question, answer = str(record["query"]), str(record["response"])
+    elif "instruction" in record and "output" in record and not record.get("input"):
+        question, answer = str(record["instruction"]), str(record["output"])
     else:
-        raise KeyError("question/answer (GSM8K) or query/response (MetaMathQA)")
+        raise KeyError("question/answer (GSM8K), query/response (MetaMathQA) or instruction/output with an empty "
+                       "input (Alpaca)")
     return Item(str(index), ALPACA_PROMPT.format(question=question), answer)
 
 
@@ -154,10 +163,18 @@ def parse_section(section: Mapping[str, Any], *, where: str, base_dir: Path) -> 
         batch_size=get_int(fields, "batch_size", where=where, default=None, minimum=1),
         max_length=get_int(fields, "max_length", where=where, default=1024, minimum=2),
         add_eos=add_eos,
+        generate=get_int(fields, "generate", where=where, default=0, minimum=0),
+        max_new_tokens=get_int(fields, "max_new_tokens", where=where, default=None, minimum=1),
     )
+    if settings.max_new_tokens is not None and not settings.generate:
+        raise ConfigError(f"{where}.max_new_tokens: only used with generate: K (K > 0 prompts to complete); "
+                          "set generate or remove max_new_tokens")
     items = read_items(settings, where=where)
     if len({item.id for item in items}) != len(items):
         raise ConfigError(f"{where}.data: {data}: item ids repeat; give every line a unique 'id' (or none)")
+    if settings.generate > len(items):
+        raise ConfigError(f"{where}.generate: {settings.generate} prompts to complete, but {data} has only "
+                          f"{len(items)} items (after limit); use generate: {len(items)} or fewer")
     return settings
 
 
@@ -205,17 +222,22 @@ def run(settings: NllSettings, *, model: ModelHandle, out_dir: Path) -> dict[str
     log = ItemLog(out_dir / "items.jsonl")
     done = log.done_ids()
     todo = [item for item in items if item.id not in done]
+    shown = {item.id for item in items[: settings.generate]}
     if todo:
         tokenizer, network = model.tokenizer, model.model
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         for chunk in _batches(todo, settings.batch_size or model.generation.batch_size):
             encoded = [encode(item, tokenizer, settings) for item in chunk]
             losses = answer_nll(network, [(ids, n_prompt) for ids, n_prompt, _ in encoded], pad_id=pad_id)
+            completions = _completions([item for item in chunk if item.id in shown], model, settings)
             for item, (ids, n_prompt, truncated), token_losses in zip(chunk, encoded, losses):
                 total = float(sum(token_losses))
+                shown_text = {"prompt": item.prompt, "reference": item.answer,
+                              "generation": completions[item.id]} if item.id in completions else {}
                 log.append({"id": item.id, "score": total / len(token_losses),
                             "scores": {"nll": total / len(token_losses), "sum_nll": total},
-                            "n_tokens": len(token_losses), "n_prompt_tokens": n_prompt, "truncated": truncated})
+                            "n_tokens": len(token_losses), "n_prompt_tokens": n_prompt, "truncated": truncated,
+                            **shown_text})
     wanted = {item.id for item in items}
     records = [record for record in log.records() if str(record["id"]) in wanted]
     summary = {
@@ -230,12 +252,23 @@ def run(settings: NllSettings, *, model: ModelHandle, out_dir: Path) -> dict[str
         "n_items": len(records),
         "trainable_params": model.trainable_params,
         "extra": {"answer_tokens": sum(int(r["n_tokens"]) for r in records), "data": str(settings.data), "format": settings.format, "add_eos": settings.add_eos,
+                  "generated_items": len(shown),
                   "max_length": settings.max_length, "truncated_items": sum(bool(r["truncated"]) for r in records),
                   "measure": "mean over items of the mean NLL (nats) per answer token, teacher-forced",
                   "eval_time_s": round(time.perf_counter() - start, 3)},
     }
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _completions(items: list[Item], model: ModelHandle, settings: NllSettings) -> dict[str, str]:
+    """Greedy completions of these items' prompts (stopped by the end-of-sequence token), by item id."""
+    if not items:
+        return {}
+    max_new_tokens = settings.max_new_tokens or model.generation.max_new_tokens
+    texts = model.generator.generate([item.prompt for item in items], max_new_tokens=max_new_tokens,
+                                     temperature=0.0, desc="nll: sample generations")
+    return {item.id: samples[0] for item, samples in zip(items, texts)}
 
 
 def summary_metrics(records: list[dict[str, Any]]) -> dict[str, float]:

@@ -207,6 +207,22 @@ def test_different_configurations_are_rows_and_seeds_of_one_are_pooled(tmp_path)
     assert "Rows: 2 different configurations were labelled 'NLoRA'" in markdown
 
 
+def test_loss_curves_of_axolotl_adapters_are_plotted_and_do_not_split_seeds(tmp_path):
+    """training_settings.json's loss_curve (written by the plugin) reaches the loss plot and table; it is an
+    outcome, not a setting, so two seeds with different curves stay one row."""
+    records = [budget_record("lora", "LoRA"), budget_record("nlora-0", "NLoRA"), budget_record("nlora-1", "NLoRA")]
+    for record, curve in zip(records, ([[1, 1.0], [2, 0.8], [3, 0.7]], [[1, 1.0], [2, 9.0], [3, 4.0]],
+                                       [[1, 1.0], [2, 7.0], [3, 2.0]])):
+        record["provenance"]["training"]["loss_curve"] = curve
+    markdown, results = report_markdown(tmp_path, records, seed_of={"nlora-0": 0, "nlora-1": 1})
+    assert set(results["table"]) == {"LoRA", "NLoRA"}
+    nlora = results["loss_curves"]["NLoRA"]
+    assert nlora["n_seeds"] == 2 and nlora["mean"] == pytest.approx([1.0, 8.0, 3.0])
+    assert "## Training loss" in markdown and "| NLoRA | 2 | 1–3 | 1.000 | 8.000 | 3.000 |" in markdown
+    assert (tmp_path / "report" / "loss_curves.png").stat().st_size > 0
+    assert "## Efficiency" not in markdown  # no training.json: no efficiency figures to show
+
+
 def test_a_baseline_that_names_two_configurations_is_refused(tmp_path):
     from eval_harness.report import ReportError
 

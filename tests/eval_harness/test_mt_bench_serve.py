@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from eval_harness.config import load_config
-from eval_harness.demo import build_tiny_decoder
 from eval_harness.runner import run_config
 from eval_harness.tasks import mt_bench
+from eval_harness.tiny_decoder import build_tiny_decoder
 
 pytestmark = pytest.mark.slow
 

@@ -37,6 +37,10 @@ def test_gsm8k_solution_becomes_metamath_form():
                                              "The answer is: 72")
     item = nll.metamath_item(3, {"question": "How many?", "answer": solution})
     assert item.prompt.endswith("### Instruction:\nHow many?\n\n### Response:\n") and item.id == "3"
+    alpaca = nll.metamath_item(0, {"instruction": "How many?", "input": "", "output": "It is 3.\nThe answer is: 3"})
+    assert alpaca.prompt == item.prompt and alpaca.answer.endswith("The answer is: 3")
+    with pytest.raises(KeyError):
+        nll.metamath_item(0, {"instruction": "How many?", "input": "some context", "output": "3"})
     with pytest.raises(ValueError, match="####"):
         nll.metamath_answer("no final line")
 
@@ -119,6 +123,25 @@ def test_run_report_ci_and_paired_test_and_resume(eval_dir, monkeypatch):
     assert resumed == pytest.approx(lora, abs=1e-5)
 
 
+def test_sample_generations_are_stored_with_the_first_items_and_shown_in_the_report(eval_dir):
+    write_pairs(eval_dir, PAIRS)
+    config = tiny_config(benchmarks={"nll": {"data": "pairs.jsonl", "format": "pairs", "generate": 2,
+                                             "max_new_tokens": 6}})
+    out = eval_dir / "run"
+    run_config(load_config(write_yaml(eval_dir, config)), out, command=["test"])
+    records = ItemLog(out / "lora" / "nll" / "items.jsonl").records()
+    assert [("generation" in record) for record in records] == [True, True, False]
+    assert records[0]["prompt"] == PAIRS[0]["prompt"] and records[1]["reference"] == PAIRS[1]["answer"]
+    assert all(isinstance(record["generation"], str) for record in records[:2])
+    report = build_report([out], eval_dir / "report", baseline="base")
+    markdown = (report / "report.md").read_text()
+    assert "## Sample generations (nll)" in markdown and "Name a colour." in markdown
+    assert "nll: nll, lower is better" in markdown
+    shown = read_json(report / "results.json")["generations"]["nll"]
+    assert set(shown["rows"]) == {"base", "LoRA"} and list(shown["items"]) == ["0", "1"]
+    assert shown["rows"]["LoRA"]["texts"]["0"] == records[0]["generation"]
+
+
 def test_metamath_format_reads_gsm8k_records(eval_dir):
     settings = nll.parse_section({"data": str(GSM8K_SLICE), "limit": 2}, where="benchmarks.nll", base_dir=eval_dir)
     items = nll.read_items(settings)
@@ -140,6 +163,10 @@ def test_metamath_format_reads_gsm8k_records(eval_dir):
      r"add_eos: expected true or false, got 'yes'"),
     ({"format": "pairs", "data": "pairs.jsonl"}, [{"id": 1, "prompt": "q", "answer": "a"}] * 2, r"ids repeat"),
     ({"format": "gsm8k"}, None, r"format: expected one of metamath, pairs, got 'gsm8k'"),
+    ({"format": "pairs", "data": "pairs.jsonl", "generate": 3}, [{"prompt": "q", "answer": "a"}],
+     r"generate: 3 prompts to complete, but .* has only 1 items"),
+    ({"format": "pairs", "data": "pairs.jsonl", "max_new_tokens": 8}, [{"prompt": "q", "answer": "a"}],
+     r"max_new_tokens: only used with generate"),
 ])
 def test_bad_sections_fail_at_config_time_naming_the_field(eval_dir, section, records, message):
     if records is not None:

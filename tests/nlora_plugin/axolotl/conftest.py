@@ -36,7 +36,7 @@ def subprocess_env() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def tiny_decoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo's 2-block Llama with the MiniLM tokenizer, saved once per session."""
-    from eval_harness.demo import build_tiny_decoder
+    from eval_harness.tiny_decoder import build_tiny_decoder
 
     return build_tiny_decoder(tmp_path_factory.mktemp("tiny") / "tiny-llama")
 

@@ -8,6 +8,7 @@ without the plugin imported, must give the trained model from that folder too.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,8 @@ def test_eval_harness_reproduces_the_trained_model(trained: tuple[str, Path], ti
     assert difference <= 1e-5 * scale, name
     settings = json.loads((out / "training_settings.json").read_text())
     assert (settings["steps"], settings["effective_batch_size"], settings["samples"]) == (3, 4, 12)
+    curve = settings["loss_curve"]  # logging_steps: 1 -> one [step, loss] per step, for the report's plot
+    assert [step for step, _ in curve] == [1, 2, 3] and all(math.isfinite(loss) and loss > 0 for _, loss in curve)
 
 
 def test_pissa_is_saved_as_plain_lora_that_stock_peft_reproduces(trained: tuple[str, Path],
@@ -89,6 +92,12 @@ def test_pissa_is_saved_as_plain_lora_that_stock_peft_reproduces(trained: tuple[
     assert json.loads((out / "lora_conversion.json").read_text())["converted_from"] == METHODS[name][
         "peft_init_lora_weights"]
     assert not (out / ".initial_adapter").exists()
+    from safetensors.torch import load_file
+
+    from eval_harness.models import count_adapter_parameters
+
+    on_disk = sum(tensor.numel() for tensor in load_file(str(out / "adapter_model.safetensors")).values())
+    assert count_adapter_parameters(out) == on_disk // 2  # the report's #Params: r trained, not the 2r saved
     script = (  # a fresh interpreter that never imports nlora_plugin: stock PEFT only
         "import sys, torch; from peft import PeftModel; from transformers import AutoModelForCausalLM\n"
         f"base = AutoModelForCausalLM.from_pretrained({str(tiny_decoder)!r}, dtype=torch.float32)\n"
