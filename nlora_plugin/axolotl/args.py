@@ -6,6 +6,8 @@ Plain LoRA fields stay where Axolotl keeps them (``lora_r``, ``lora_alpha``, ``l
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -99,6 +101,7 @@ class NLoraArgs(BaseModel):
                 "Axolotl's memory-efficient merge reads only plain LoRA A/B weights. Set merge_method: legacy "
                 "(merges through PEFT with the plugin loaded) or run `nlora merge --base B --adapter A --output O`."
             )
+        _check_lora_fields(data, adapter)
         for name in ("peft_use_dora", "peft_use_rslora", "peft_init_lora_weights", "lora_target_parameters"):
             if data.get(name):
                 raise ValueError(
@@ -106,3 +109,51 @@ class NLoraArgs(BaseModel):
                     "(NLoRA's own options go under nlora:)"
                 )
         return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_lora_fields(data: dict[str, Any], adapter: str) -> None:
+    """lora_r, lora_alpha and lora_dropout, checked before any model loads (Axolotl accepts any number)."""
+    r, alpha, dropout = data.get("lora_r"), data.get("lora_alpha"), data.get("lora_dropout")
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise ValueError(f"lora_r is {r!r}; adapter: {adapter} needs a whole number of at least 1 (e.g. lora_r: 16)")
+    if alpha is not None and (not _is_number(alpha) or not alpha > 0):
+        raise ValueError(f"lora_alpha is {alpha!r}; use a positive number (the paper uses lora_alpha = lora_r)")
+    if dropout is not None and (not _is_number(dropout) or not 0 <= dropout < 1):
+        raise ValueError(f"lora_dropout is {dropout!r}; use a number from 0 up to (not including) 1, e.g. 0.0")
+    if adapter == "slora":
+        return  # SLoRA's A, N, B are not taken from W: any rank works, as in plain LoRA
+    smallest = _smallest_target_dimension(data)
+    if smallest is not None and r > smallest[0]:
+        raise ValueError(
+            f"lora_r is {r}, larger than {smallest[1]} = {smallest[0]} in {data.get('base_model')}/config.json: "
+            f"adapter: {adapter} samples r rows and columns of each target weight, so r must not exceed its "
+            f"smaller dimension; use lora_r <= {smallest[0]}, or adapter: slora (any rank)"
+        )
+
+
+def _smallest_target_dimension(data: dict[str, Any]) -> tuple[int, str] | None:
+    """The smallest dimension of the targeted weights, from a local base model's config.json (None: unknown)."""
+    folder = data.get("base_model")
+    if not isinstance(folder, str) or not (Path(folder) / "config.json").is_file():
+        return None  # a hub name or a missing folder: the layer check at init still applies
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    hidden = next((config[key] for key in ("hidden_size", "n_embd", "d_model") if isinstance(config.get(key), int)),
+                  None)
+    if hidden is None:
+        return None
+    found = [(hidden, "hidden_size")]
+    targets = data.get("lora_target_modules") or []
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    heads, kv_heads = config.get("num_attention_heads"), config.get("num_key_value_heads")
+    if isinstance(heads, int) and isinstance(kv_heads, int) and heads > 0 and (
+            data.get("lora_target_linear") or any("k_proj" in str(t) or "v_proj" in str(t) for t in targets)):
+        head_dim = config.get("head_dim") if isinstance(config.get("head_dim"), int) else hidden // heads
+        found.append((kv_heads * head_dim, "num_key_value_heads × head_dim (k_proj/v_proj outputs)"))
+    return min(found)

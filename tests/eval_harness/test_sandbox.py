@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from eval_harness import sandbox
+from eval_harness import sandbox, sandbox_seccomp
 from eval_harness.sandbox import ExecResult, Limits, SandboxUnavailable, run_python
 
 REPO = Path(__file__).resolve().parents[2]
@@ -379,16 +379,23 @@ def test_bad_limits_are_rejected() -> None:
 def test_unprivileged_caller_path_holds_too() -> None:
     """As a non-root user bwrap adds a user namespace; limits must bind the same way.
 
-    The victim file is world-writable, so only the sandbox (not file permissions) can protect it.
+    The victim file is world-writable, so only the sandbox (not file permissions) can protect it. The
+    unprivileged caller imports a world-readable copy of the package: the checkout may live where other
+    users cannot read (a clone in a 0700 home directory or a `mktemp -d` folder).
     """
     shared = Path(tempfile.mkdtemp(prefix="nlora-sandbox-", dir="/tmp"))
     shared.chmod(0o777)
+    package = shared / "pkg"
+    shutil.copytree(REPO / "eval_harness", package / "eval_harness",
+                    ignore=shutil.ignore_patterns("__pycache__", "data"))
+    for path in [package, *package.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
     victim = shared / "victim.txt"
     victim.write_text("original")
     victim.chmod(0o666)
     harness = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(REPO)!r})
+        sys.path.insert(0, {str(package)!r})
         from eval_harness.sandbox import Limits, run_python
         program = '''
         import os, socket
@@ -462,3 +469,26 @@ def test_output_flood_is_capped_and_keeps_its_last_line() -> None:
     flood = _run("while True:\n    print('y' * 4096)\n", file_size_mb=2, wall_s=20.0)
     assert not flood.timed_out and flood.returncode != 0
     assert "File too large" in flood.stderr
+
+
+@pytest.mark.skipif(not sandbox_seccomp.supported(), reason="no seccomp filter for this architecture")
+def test_memory_and_keyrings_outside_the_rlimits_are_denied() -> None:
+    """SysV shared memory, memfds and kernel keyring entries escape RLIMIT_AS, the tmpfs size and the
+    program's lifetime (keyrings belong to the uid): the seccomp filter makes each call fail with EPERM."""
+    result = _run("""
+        import ctypes, errno, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        def errno_of(value):
+            return "ok" if value >= 0 else errno.errorcode[ctypes.get_errno()]
+        print("shmget", errno_of(libc.shmget(0, 768 << 20, 0o1000 | 0o600)))  # IPC_PRIVATE, IPC_CREAT
+        try:
+            os.memfd_create("hold")
+            print("memfd ok")
+        except OSError as error:
+            print("memfd", errno.errorcode[error.errno])
+        add_key = 248 if os.uname().machine == "x86_64" else 217
+        print("add_key", errno_of(libc.syscall(add_key, b"user", b"sandbox-key", b"x", 1, -3)))  # user keyring
+    """)
+    assert result.exited_cleanly, result
+    assert result.stdout.split() == ["shmget", "EPERM", "memfd", "EPERM", "add_key", "EPERM"], result.stdout
+    assert "seccomp denies" in sandbox.memory_bound()

@@ -35,14 +35,14 @@ def subprocess_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tiny_decoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo's 2-block Llama with the MiniLM tokenizer, saved once per session."""
+    """The 2-block Llama with the MiniLM tokenizer (eval_harness.tiny_decoder), saved once per session."""
     from eval_harness.tiny_decoder import build_tiny_decoder
 
     return build_tiny_decoder(tmp_path_factory.mktemp("tiny") / "tiny-llama")
 
 
 def tiny_recipe(name: str, model_dir: Path, work: Path, **overrides: object) -> Path:
-    """A shipped tiny recipe with the paths overridden the way `make demo` does; returns the written YAML."""
+    """A shipped tiny recipe with its paths (and `overrides`) set for this test; returns the written YAML."""
     recipe = yaml.safe_load((CONFIGS / name).read_text())
     recipe["base_model"] = str(model_dir)
     recipe["datasets"][0]["path"] = str(TRAIN_DATA)

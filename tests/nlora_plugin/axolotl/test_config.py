@@ -84,6 +84,30 @@ def test_bad_nlora_block_stops_config_loading(tiny_decoder: Path, tmp_path: Path
     assert "nlora" in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"lora_r": -8}, r"lora_r is -8; adapter: nlora needs a whole number of at least 1"),
+        ({"lora_r": 0}, r"lora_r is 0"),
+        ({"lora_r": 33}, r"lora_r is 33, larger than num_key_value_heads × head_dim .* = 32 .*use lora_r <= 32"),
+        ({"lora_alpha": -16}, r"lora_alpha is -16; use a positive number"),
+        ({"lora_dropout": 1.5}, r"lora_dropout is 1.5; use a number from 0 up to \(not including\) 1"),
+        ({"adapter": "inttune", "lora_r": 65}, r"lora_r is 65, larger than .* = 32 .*adapter: inttune samples"),
+    ],
+)
+def test_bad_lora_fields_stop_config_loading(tiny_decoder: Path, tmp_path: Path, overrides: dict,
+                                             message: str) -> None:
+    """Refused by load_cfg, before any model loads (the tiny decoder: hidden 64, k/v outputs 2 heads × 16)."""
+    with pytest.raises(Exception, match=message):
+        load_cfg(str(tiny_recipe("tiny-nlora.yaml", tiny_decoder, tmp_path, **overrides)))
+
+
+def test_slora_and_a_rank_at_the_limit_are_accepted(tiny_decoder: Path, tmp_path: Path) -> None:
+    assert load_cfg(str(tiny_recipe("tiny-nlora.yaml", tiny_decoder, tmp_path, lora_r=32))).lora_r == 32
+    slora = tiny_recipe("tiny-nlora.yaml", tiny_decoder, tmp_path, adapter="slora", lora_r=128, nlora=None)
+    assert load_cfg(str(slora)).lora_r == 128  # SLoRA takes nothing from W: any rank, as plain LoRA
+
+
 @pytest.mark.parametrize("quantized", [{"load_in_4bit": True}, {"load_in_8bit": True}, {"gptq": True}])
 def test_quantized_base_is_refused_with_the_alternative(quantized: dict) -> None:
     raw = {**yaml.safe_load((CONFIGS / "tiny-nlora.yaml").read_text()), **quantized}
