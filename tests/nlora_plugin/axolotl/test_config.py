@@ -135,3 +135,10 @@ def test_nlora_adapter_without_the_plugin_gets_axolotls_error(monkeypatch: pytes
 def test_core_does_not_import_axolotl() -> None:
     code = "import sys, nlora_plugin; sys.exit(any(m.split('.')[0] == 'axolotl' for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO).returncode == 0
+
+
+def test_fsdp2_recipe_validates_with_the_plugin() -> None:
+    raw = yaml.safe_load((CONFIGS / "llama2-7b-metamath-nlora-fsdp2.yaml").read_text())
+    cfg = validated(raw)
+    assert str(cfg.fsdp_version) == "2" and cfg.adapter == "nlora" and cfg.deepspeed is None
+    assert cfg.fsdp_config.state_dict_type == "FULL_STATE_DICT"  # one adapter file, written from rank 0
