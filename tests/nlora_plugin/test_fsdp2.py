@@ -18,7 +18,9 @@ TOLERANCE = 1e-6
 
 
 def run_worker(out: Path, case: str, order: str) -> Path:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    repo = str(WORKER.parents[2])  # the checkout, importable in the workers (the PEFT 0.21 venv does not install it)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
     if order in ("before", "after"):
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                    str(WORKER), str(out), case, order]
