@@ -14,7 +14,7 @@ from nlora_plugin import NLoraConfig  # importing the core registers the PEFT me
 from nlora_plugin.distributed import is_zero3_partitioned
 
 from .args import ADAPTERS, NLoraOptions
-from .portable import convert_final_adapter, keep_initial_adapter, record_training
+from .portable import convert_final_adapter, keep_initial_adapter, record_training, save_on_rank_zero_only
 
 LOG = get_logger("axolotl.integrations.nlora")  # Axolotl prints INFO only from "axolotl.*" loggers
 
@@ -111,6 +111,8 @@ class NLoraPlugin(BasePlugin):
 
     def post_trainer_create(self, cfg: DictDefault, trainer) -> None:
         self._trainer = trainer
+        if save_on_rank_zero_only(trainer):
+            LOG.info("the Trainer counts this rank as the main process; only global rank 0 will write the adapter")
 
     def post_train(self, cfg: DictDefault, model: PreTrainedModel | PeftModel) -> None:
         """Record the training budget; once the final adapter is saved, make a PiSSA-style one portable."""

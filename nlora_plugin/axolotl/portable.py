@@ -87,3 +87,27 @@ def record_training(cfg: DictDefault, trainer: Any) -> None:
     extra = {"sequence_len": cfg.sequence_len, "datasets": [str(d.get("path")) for d in (cfg.datasets or [])],
              "bf16": bool(cfg.bf16), "fp16": bool(cfg.fp16), "written_by": "nlora_plugin.axolotl"}
     write_training_settings(Path(cfg.output_dir), budget_record(trainer.args, trainer.state, adapter, extra))
+
+
+def save_on_rank_zero_only(trainer: Any) -> bool:
+    """Make the Trainer write checkpoints and the final adapter from global rank 0 only; True if it had to.
+
+    Where the Trainer's own state misses the process group (seen under DeepSpeed ZeRO-3 with torchrun on
+    CPU: it counts a world size of 1), every rank passes `args.should_save` and writes
+    adapter_model.safetensors; a rank > 0 writes its own ZeRO-3 shards (empty tensors) over rank 0's
+    gathered file. The gather itself (`save_model`) still runs on every rank, as it must (a collective);
+    only the write (`_save`) is skipped on ranks > 0.
+    """
+    import torch.distributed as dist
+
+    if trainer is None or not dist.is_available() or not dist.is_initialized() or dist.get_rank() == 0:
+        return False
+    if not trainer.args.should_save:
+        return False  # the Trainer already knows it is not the main process
+    rank = dist.get_rank()
+
+    def skip_write(*args: Any, **kwargs: Any) -> None:
+        LOG.info("rank %d: not writing %s; rank 0 writes the gathered adapter", rank, args[0] if args else "")
+
+    trainer._save = skip_write
+    return True

@@ -62,18 +62,16 @@ def nlora_run(tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="module")
 def inttune_run(tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """IntTune under DeepSpeed ZeRO-3 with 2 CPU processes (torchrun, gloo).
+    """IntTune under DeepSpeed ZeRO-3 with 2 CPU processes (torchrun, gloo), with the shipped zero3.json.
 
-    On a CPU-only machine the HF Trainer of every rank believes it is the main process, so both ranks write
-    adapter_model.safetensors, rank 1 from its own shards. Adapter matrices (<= 1,024 values here) are kept
-    whole on every rank (persistence threshold 1,024) so both writes agree; the base weights (>= 2,048
-    values) stay partitioned, and the init must gather them (checked through the plugin's log line).
+    On a CPU-only machine the HF Trainer of every rank believes it is the main process, so without the
+    plugin's guard rank 1 writes adapter_model.safetensors from its own shards (empty tensors) over rank 0's
+    gathered file. The adapter matrices are partitioned too here, so the file loads only if rank 0 alone
+    wrote it; the base weights stay partitioned and the init must gather them (the plugin's log line).
     """
     work = tmp_path_factory.mktemp("axolotl-inttune")
-    ds_config = json.loads((DEEPSPEED_CONFIGS / "zero3.json").read_text())
-    ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 1024
-    (work / "zero3.json").write_text(json.dumps(ds_config))
-    config = tiny_recipe("tiny-inttune.yaml", tiny_decoder, work, deepspeed=str(work / "zero3.json"))
+    config = tiny_recipe("tiny-inttune.yaml", tiny_decoder, work,
+                         deepspeed=str(DEEPSPEED_CONFIGS / "zero3.json"))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -126,6 +124,7 @@ def test_axolotl_merge_lora_matches_the_adapter(nlora_run: Path, tiny_decoder: P
 def test_inttune_under_zero3_trains_only_the_middle_matrix(inttune_run: Path, tiny_decoder: Path) -> None:
     log = (inttune_run.parent / "train.log").read_text()
     assert "ZeRO-3: " in log and "base parameters are partitioned" in log  # the gathered init really ran
+    assert "rank 1: not writing" in log  # the write is left to rank 0 (the gather ran on both)
     saved = json.loads((inttune_run / "adapter_config.json").read_text())
     assert (saved["init_method"], saved["train_only_intermediate"]) == ("nlora", True)
     model = PeftModel.from_pretrained(base(tiny_decoder), inttune_run)
