@@ -47,3 +47,16 @@ def build_tiny_decoder(target: Path) -> Path:
     tokenizer.save_pretrained(staging)
     staging.rename(target)
     return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m eval_harness.tiny_decoder FOLDER`: write the tiny decoder (e.g. for example_configs/eval/tiny.yaml)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m eval_harness.tiny_decoder", description=main.__doc__)
+    parser.add_argument("folder", type=Path, help="where to write the model (e.g. runs/tiny/tiny-llama)")
+    print(build_tiny_decoder(parser.parse_args(argv).folder))
+
+
+if __name__ == "__main__":
+    main()

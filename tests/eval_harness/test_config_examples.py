@@ -139,10 +139,10 @@ def test_glue_configs_cover_both_encoders_and_all_tasks():
 
 def test_tiny_config_runs(tmp_path, tiny_root):
     path = _copy_example("tiny.yaml", tmp_path)
-    nlg = tmp_path / "runs" / "demo" / "nlg"
-    nlg.mkdir(parents=True)
-    (nlg / "tiny-llama").symlink_to(tiny_root / "base")
-    (nlg / "adapter-nlora").symlink_to(tiny_root / "nlora")
+    tiny = tmp_path / "runs" / "tiny"
+    (tiny / "outputs").mkdir(parents=True)
+    (tiny / "tiny-llama").symlink_to(tiny_root / "base")
+    (tiny / "outputs" / "tiny-nlora").symlink_to(tiny_root / "nlora")
     (tmp_path / "tests" / "fixtures").mkdir(parents=True)
     (tmp_path / "tests" / "fixtures" / "math").symlink_to(FIXTURES / "math")
     assert main(["run", str(path), "--output", str(tmp_path / "run")]) == 0
