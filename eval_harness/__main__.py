@@ -4,4 +4,5 @@ import sys
 
 from eval_harness.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # the vLLM backend spawns processes that re-import this module
+    sys.exit(main())

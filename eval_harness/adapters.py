@@ -127,3 +127,41 @@ def provenance(adapter: Path | None, base_model: Path | None) -> dict[str, Any]:
         training=read_training_settings(adapter),
     )
     return record
+
+
+# vLLM's LoRA layers take these ranks only (vllm.config.lora.MaxLoRARanks, vLLM 0.32)
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def served_lora_rank(config: dict[str, Any]) -> int:
+    """The rank of the plain LoRA that serves this adapter: NLoRA's export is rank 2r in residual mode."""
+    rank = int(config["r"])
+    if str(config.get("peft_type", "")).upper() == "NLORA" and config.get("residual"):
+        return 2 * rank
+    return rank
+
+
+def check_servable_by_vllm(config: dict[str, Any], *, where: str) -> None:
+    """ConfigError for an adapter vLLM cannot serve exactly as plain LoRA (checked before any model loads)."""
+    peft_type = str(config.get("peft_type", "")).upper()
+    if peft_type not in ("LORA", "NLORA"):
+        raise ConfigError(f"{where}: peft_type {peft_type!r} cannot be served by vLLM, which runs LoRA adapters "
+                          "only; use `generation.backend: hf` for it")
+    reasons = []
+    if config.get("use_dora"):
+        reasons.append("use_dora is true (vLLM has no DoRA)")
+    if config.get("modules_to_save"):
+        reasons.append(f"modules_to_save is {config['modules_to_save']!r} (vLLM loads LoRA factors only)")
+    if config.get("bias", "none") != "none":
+        reasons.append(f"bias is {config['bias']!r} (vLLM has no LoRA biases)")
+    if served_lora_rank(config) > VLLM_MAX_LORA_RANKS[-1]:
+        reasons.append(f"its served rank {served_lora_rank(config)} exceeds vLLM's largest, {VLLM_MAX_LORA_RANKS[-1]}")
+    if reasons:
+        raise ConfigError(f"{where}: vLLM would not serve this adapter as trained: {'; '.join(reasons)}; "
+                          "use `generation.backend: hf` for it")
+
+
+def vllm_max_lora_rank(ranks: list[int]) -> int:
+    """The smallest rank vLLM accepts as `max_lora_rank` that holds every served adapter."""
+    largest = max(ranks, default=1)
+    return next(rank for rank in VLLM_MAX_LORA_RANKS if rank >= largest)

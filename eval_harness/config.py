@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import json
 import re
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from eval_harness.adapters import check_adapter_folder
+from eval_harness.adapters import check_adapter_folder, check_servable_by_vllm
 from eval_harness.errors import ConfigError
 from eval_harness.strict_yaml import load_yaml_file
 
@@ -53,14 +54,31 @@ BENCHMARKS: dict[str, Benchmark] = {
 
 
 @dataclass(frozen=True)
+class VLLMSettings:
+    """`generation.vllm:` the engine's settings (only with `backend: vllm`); None: vLLM's own default."""
+
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None  # None: the model's context length
+    enforce_eager: bool | None = None  # None: True on the CPU (no CUDA graphs there), False on a GPU
+
+
+@dataclass(frozen=True)
 class GenerationDefaults:
-    """The YAML's `generation:` block: what a task uses unless its own section says otherwise."""
+    """The YAML's `generation:` block: what a task uses unless its own section says otherwise.
+
+    `backend` is the engine every generating benchmark uses (GSM8K/MATH, HumanEval/MBPP, MT-Bench
+    answers, nll's sample generations): `hf` (transformers `generate`, the default) or `vllm` (one vLLM
+    engine per base model, each adapter served as plain LoRA). Scoring by likelihood (nll) is always HF.
+    """
 
     batch_size: int = 8
     max_new_tokens: int = 512
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    backend: str = "hf"
+    vllm: VLLMSettings | None = None  # set (defaults filled) when backend is vllm
 
 
 @dataclass(frozen=True)
@@ -204,7 +222,9 @@ TOP_FIELDS = ("base_model", "dtype", "device", "models", "generation", "benchmar
 MODEL_FIELDS = ("label", "method", "adapter", "seed", "expect_identity", "intended_differences")
 # budget fields the report compares across methods (see report.compare.parity_flags)
 BUDGET_FIELDS = ("samples", "rank", "learning_rate", "lr_schedule")
-GENERATION_FIELDS = ("batch_size", "max_new_tokens", "temperature", "top_p", "seed")
+GENERATION_FIELDS = ("batch_size", "max_new_tokens", "temperature", "top_p", "seed", "backend", "vllm")
+GENERATION_BACKENDS = ("hf", "vllm")
+VLLM_FIELDS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager")
 
 
 def load_config(path: Path | str) -> EvalConfig:
@@ -234,6 +254,9 @@ def parse_config(data: Any, *, base_dir: Path) -> EvalConfig:
     if needs_models or top.get("models") is not None:
         models = _parse_models(top.get("models"), base_dir=base_dir)
     generation = _parse_generation(top.get("generation"))
+    device = _parse_device(top.get("device", "auto"))
+    if generation.backend == "vllm":
+        _check_vllm_backend(models, device=device)
     benchmarks = _parse_benchmarks(top["benchmarks"], base_dir=base_dir)
     _check_mt_bench_baseline(benchmarks, models)
     report = check_fields(top.get("report"), where="report", allowed=("baseline",))
@@ -253,10 +276,27 @@ def parse_config(data: Any, *, base_dir: Path) -> EvalConfig:
         benchmarks=benchmarks,
         generation=generation,
         dtype=get_choice(top, "dtype", where="", choices=DTYPES, default="auto"),
-        device=_parse_device(top.get("device", "auto")),
+        device=device,
         report_baseline=baseline,
         notes=notes,
     )
+
+
+def _check_vllm_backend(models: tuple[ModelEntry, ...], *, device: str) -> None:
+    """`backend: vllm` needs vLLM installed, a device vLLM chooses itself, and adapters it can serve exactly."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "generation.backend: 'vllm', but vLLM is not installed in this environment; on a CPU run `make vllm` "
+            "and use .venv-vllm/bin/eval-harness, on NVIDIA GPUs `pip install -e '.[eval,vllm]'` in its own venv "
+            "(docs/eval_harness.md, 'vLLM backend'); or set `backend: hf`"
+        )
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device: {device!r} with generation.backend 'vllm', which places the model itself; "
+                          "use auto (choose GPUs with CUDA_VISIBLE_DEVICES) or cpu")
+    for index, entry in enumerate(models):
+        if entry.adapter is not None:
+            config = json.loads((entry.adapter / "adapter_config.json").read_text(encoding="utf-8"))
+            check_servable_by_vllm(config, where=f"models[{index}].adapter")
 
 
 def _parse_device(value: Any) -> str:
@@ -269,12 +309,37 @@ def _parse_generation(section: Any) -> GenerationDefaults:
     where = "generation"
     fields = check_fields(section, where=where, allowed=GENERATION_FIELDS)
     default = GenerationDefaults()
+    backend = get_choice(fields, "backend", where=where, choices=GENERATION_BACKENDS, default=default.backend)
     return GenerationDefaults(
         batch_size=get_int(fields, "batch_size", where=where, default=default.batch_size, minimum=1),
         max_new_tokens=get_int(fields, "max_new_tokens", where=where, default=default.max_new_tokens, minimum=1),
         temperature=get_float(fields, "temperature", where=where, default=default.temperature, low=0.0, high=10.0),
         top_p=get_float(fields, "top_p", where=where, default=default.top_p, low=0.0, high=1.0),
         seed=get_int(fields, "seed", where=where, default=default.seed),
+        backend=backend,
+        vllm=_parse_vllm(fields.get("vllm"), backend=backend),
+    )
+
+
+def _parse_vllm(section: Any, *, backend: str) -> VLLMSettings | None:
+    where = "generation.vllm"
+    if backend != "vllm":
+        if section is not None:
+            raise ConfigError(f"{where}: set with backend {backend!r}, where it would be ignored; add "
+                              "`backend: vllm` to `generation:`, or remove the block")
+        return None
+    fields = check_fields(section, where=where, allowed=VLLM_FIELDS)
+    default = VLLMSettings()
+    enforce_eager = fields.get("enforce_eager")
+    if enforce_eager is not None and not isinstance(enforce_eager, bool):
+        raise ConfigError(f"{where}.enforce_eager: expected true or false, got {enforce_eager!r}")
+    return VLLMSettings(
+        tensor_parallel_size=get_int(fields, "tensor_parallel_size", where=where,
+                                     default=default.tensor_parallel_size, minimum=1),
+        gpu_memory_utilization=get_float(fields, "gpu_memory_utilization", where=where,
+                                         default=default.gpu_memory_utilization, low=0.05, high=1.0),
+        max_model_len=get_int(fields, "max_model_len", where=where, default=None, minimum=16),
+        enforce_eager=enforce_eager,
     )
 
 

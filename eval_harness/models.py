@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from eval_harness.config import EvalConfig, GenerationDefaults, ModelEntry
+from eval_harness.errors import ConfigError
 from eval_harness.generation import HFGenerator, TextGenerator
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class ModelHandle:
     device: str = "auto"
     expect_identity: bool = False
     probe: dict[str, float] | None = None  # set when the adapter loads (eval_harness.probe.probe_adapter)
+    engine: Any = None  # backend vllm: the run's shared VLLMEngine (eval_harness.vllm_backend)
+    served_adapter: Path | None = None  # backend vllm: the plain-LoRA folder the engine serves for `adapter`
 
     @classmethod
     def from_entry(cls, entry: ModelEntry, config: EvalConfig) -> ModelHandle:
@@ -129,6 +132,11 @@ class ModelHandle:
         placement = {} if device.type == "cpu" else {"device_map": str(device)}
         model = AutoModelForCausalLM.from_pretrained(str(self.base_model), dtype=resolve_dtype(self.dtype), **placement)
         rows = model.get_input_embeddings().weight.shape[0]
+        if len(self.tokenizer) > rows and self.generation.backend == "vllm":
+            raise ConfigError(
+                f"models[{self.label}].adapter: its tokenizer adds {len(self.tokenizer) - rows} token(s) to the base "
+                "vocabulary, which vLLM's LoRA cannot serve; use generation.backend: hf for this run"
+            )
         if len(self.tokenizer) > rows:
             # Training added tokens (e.g. a pad token) and saved the tokenizer with the adapter.
             logger.info("resizing the embeddings from %d to %d tokens (the adapter's tokenizer)", rows,
@@ -151,6 +159,14 @@ class ModelHandle:
 
     @cached_property
     def generator(self) -> TextGenerator:
+        if self.generation.backend == "vllm":
+            from eval_harness.vllm_backend import VLLMGenerator
+
+            if self.engine is None or (self.adapter is not None and self.served_adapter is None):
+                raise RuntimeError(f"{self.label}: backend vllm, but the runner gave this model no engine or "
+                                   "served adapter (eval_harness.runner prepares both)")
+            return VLLMGenerator(self.engine, self.tokenizer,
+                                 lora=self.engine.lora_request(self.label, self.served_adapter))
         return HFGenerator(self.model, self.tokenizer, batch_size=self.generation.batch_size)
 
     @property

