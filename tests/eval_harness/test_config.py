@@ -50,6 +50,8 @@ def test_valid_config_resolves_paths_and_infers_methods(eval_dir):
         ({"models": [{"label": "a", "adapter": "nowhere"}]}, r"^models\[0\]\.adapter: dir 'nowhere' does not exist"),
         ({"generation": {"batch_size": 0}}, r"^generation\.batch_size: expected an integer >= 1"),
         ({"generation": {"top_p": 2}}, r"^generation\.top_p: expected a number in"),
+        ({"generation": {"backend": "tgi"}}, r"^generation\.backend: expected one of hf, vllm, got 'tgi'"),
+        ({"generation": {"vllm": {"tensor_parallel_size": 2}}}, r"^generation\.vllm: set with backend 'hf'"),
         ({"benchmarks": {"gsm9k": {}}}, r"^benchmarks\.gsm9k: unknown benchmark; available here: .*gsm8k"),
         ({"benchmarks": {}}, r"^benchmarks: expected a mapping"),
         ({"benchmarks": {"math": {}}}, r"^benchmarks\.math\.data: required field is missing"),
