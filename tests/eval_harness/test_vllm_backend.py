@@ -117,5 +117,5 @@ def test_the_report_records_the_backend_and_keeps_backends_apart(runs, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     methods = {row["method"] for row in results["table"].values()}
-    assert "LoRA [backend=vllm 0.32.0]" in methods and any(m.startswith("LoRA [backend=hf") for m in methods)
+    assert {"LoRA [backend=vllm 0.32.0]", "LoRA [backend=hf]"} <= methods
     assert [run["generation_backend"] for run in results["runs"]][1] == "vllm 0.32.0"
