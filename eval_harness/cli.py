@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    from eval_harness.config import load_config
+    from eval_harness.eval_yaml import load_config
     from eval_harness.runner import format_table, run_config
 
     config = load_config(args.config)
@@ -81,7 +81,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from eval_harness.config import load_config
+    from eval_harness.eval_yaml import load_config
 
     config = load_config(args.config)
     print(

@@ -2,55 +2,40 @@
 
 Everything is checked here, before any model loads: unknown fields, missing folders and files,
 adapter folders without adapter_config.json, unknown benchmarks. Each benchmark section is handed
-to its task module's `parse_section`, which checks its own fields the same way.
+to its benchmark's `parse_section` (the registry is passed in: `eval_harness.eval_yaml` reads a file
+against `eval_harness.tasks.BENCHMARKS`), which checks its own fields with `eval_harness.fields`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import importlib.util
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eval_harness.adapters import check_adapter_folder, check_servable_by_vllm
 from eval_harness.errors import ConfigError
-from eval_harness.strict_yaml import load_yaml_file
+from eval_harness.fields import (
+    check_fields,
+    dataclass_defaults,
+    get_bool,
+    get_choice,
+    get_device,
+    get_float,
+    get_int,
+    get_path,
+    parse_intended_differences,
+)
+
+if TYPE_CHECKING:
+    from eval_harness.tasks.base import Benchmark
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    """Where a benchmark's code lives. `per_model=False`: it trains its own methods (`run_all`)."""
-
-    key: str
-    module: str
-    attr: str | None = None
-    per_model: bool = True
-
-    def load(self) -> Any:
-        """The object with `parse_section` and `run` (or `run_all`): the module or one of its attributes."""
-        module: ModuleType = importlib.import_module(self.module)
-        return getattr(module, self.attr) if self.attr else module
-
-
-# Only benchmarks whose task module exists are listed; the other sections are rejected as unknown.
-BENCHMARKS: dict[str, Benchmark] = {
-    "gsm8k": Benchmark("gsm8k", "eval_harness.tasks.gsm8k_math", "GSM8K"),
-    "math": Benchmark("math", "eval_harness.tasks.gsm8k_math", "MATH"),
-    "humaneval": Benchmark("humaneval", "eval_harness.tasks.code", "HUMANEVAL"),
-    "mbpp": Benchmark("mbpp", "eval_harness.tasks.code", "MBPP"),
-    "mt_bench": Benchmark("mt_bench", "eval_harness.tasks.mt_bench"),
-    "nll": Benchmark("nll", "eval_harness.tasks.nll"),
-    "glue": Benchmark("glue", "eval_harness.tasks.glue", per_model=False),
-}
 
 
 @dataclass(frozen=True)
@@ -143,105 +128,21 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-# --------------------------------------------------------------------------- small field checkers
-# Shared by the task modules: each names the field, the bad value and the fix.
-
-
-def check_fields(section: Any, *, where: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
-    """`section` must be a mapping with only `allowed` keys and every `required` key."""
-    if section is None:
-        section = {}
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"{where or 'the file'} must be a mapping of fields, got {section!r}")
-    unknown = sorted(set(section) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"{_join(where, unknown[0])}: unknown field (value {section[unknown[0]]!r}); "
-            f"allowed fields here: {', '.join(allowed)}"
-        )
-    for name in required:
-        if section.get(name) is None:
-            raise ConfigError(f"{_join(where, name)}: required field is missing")
-    return dict(section)
-
-
-def get_int(section: Mapping, name: str, *, where: str, default: int | None, minimum: int = 0) -> int | None:
-    """An integer field >= `minimum` (bools refused), or `default` when absent."""
-    value = section.get(name, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{_join(where, name)}: expected an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def get_float(section: Mapping, name: str, *, where: str, default: float, low: float, high: float) -> float:
-    """A number in [low, high], or `default` when absent."""
-    value = section.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ConfigError(f"{_join(where, name)}: expected a number in [{low}, {high}], got {value!r}")
-    return float(value)
-
-
-def get_choice(section: Mapping, name: str, *, where: str, choices: tuple[str, ...], default: str) -> str:
-    """One of `choices`, or `default` when absent."""
-    value = section.get(name, default)
-    if value not in choices:
-        raise ConfigError(f"{_join(where, name)}: expected one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def get_path(
-    section: Mapping, name: str, *, where: str, base_dir: Path, kind: str = "file", required: bool = True
-) -> Path | None:
-    """A path (relative to the YAML's folder) that must exist as a `kind` ("file" or "dir")."""
-    value = section.get(name)
-    if value is None:
-        if required:
-            raise ConfigError(f"{_join(where, name)}: required field is missing (a path to a {kind})")
-        return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{_join(where, name)}: expected a path string, got {value!r}")
-    path = (base_dir / Path(value).expanduser()).resolve()
-    exists = path.is_file() if kind == "file" else path.is_dir()
-    if not exists:
-        raise ConfigError(
-            f"{_join(where, name)}: {kind} {value!r} does not exist (resolved to {path}); "
-            f"relative paths are read from the YAML's folder {base_dir}"
-        )
-    return path
-
-
-def _join(where: str, name: str) -> str:
-    return f"{where}.{name}" if where else name
-
-
 # --------------------------------------------------------------------------- the whole file
 
 TOP_FIELDS = ("base_model", "dtype", "device", "models", "generation", "benchmarks", "report", "notes")
 MODEL_FIELDS = ("label", "method", "adapter", "seed", "expect_identity", "intended_differences")
-# budget fields the report compares across methods (see report.compare.parity_flags)
-BUDGET_FIELDS = ("samples", "rank", "learning_rate", "lr_schedule")
 GENERATION_FIELDS = ("batch_size", "max_new_tokens", "temperature", "top_p", "seed", "backend", "vllm")
 GENERATION_BACKENDS = ("hf", "vllm")
 VLLM_FIELDS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager")
 
 
-def load_config(path: Path | str) -> EvalConfig:
-    """Read and validate an eval YAML (relative paths are read from the YAML's folder)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    data = load_yaml_file(path)  # duplicate keys and binary files are ConfigErrors too
-    return parse_config(data, base_dir=path.resolve().parent)
-
-
-def parse_config(data: Any, *, base_dir: Path) -> EvalConfig:
-    """Validate a parsed YAML document; every benchmark section goes to its task's `parse_section`."""
+def parse_config(data: Any, *, base_dir: Path, benchmarks: Mapping[str, Benchmark]) -> EvalConfig:
+    """Validate a parsed YAML document; every benchmark section goes to its benchmark's `parse_section`."""
     top = check_fields(data, where="", allowed=TOP_FIELDS, required=("benchmarks",))
     # Benchmarks that fine-tune their own models (GLUE) need no base model and no model entries.
     keys = top["benchmarks"] if isinstance(top["benchmarks"], Mapping) else {}
-    needs_models = any(BENCHMARKS[key].per_model for key in keys if key in BENCHMARKS)
+    needs_models = any(benchmarks[key].per_model for key in keys if key in benchmarks)
     base_model = None
     if needs_models or top.get("base_model") is not None:
         base_model = get_path(top, "base_model", where="", base_dir=base_dir, kind="dir")
@@ -254,18 +155,19 @@ def parse_config(data: Any, *, base_dir: Path) -> EvalConfig:
     if needs_models or top.get("models") is not None:
         models = _parse_models(top.get("models"), base_dir=base_dir)
     generation = _parse_generation(top.get("generation"))
-    device = _parse_device(top.get("device", "auto"))
+    device = get_device(top, where="")
     if generation.backend == "vllm":
         _check_vllm_backend(models, device=device)
-    benchmarks = _parse_benchmarks(top["benchmarks"], base_dir=base_dir)
-    _check_mt_bench_baseline(benchmarks, models)
+    settings = _parse_benchmarks(top["benchmarks"], base_dir=base_dir, registry=benchmarks)
+    for key, value in settings.items():
+        benchmarks[key].check_models(value, labels=[entry.label for entry in models], where=f"benchmarks.{key}")
     report = check_fields(top.get("report"), where="report", allowed=("baseline",))
     baseline = report.get("baseline")
     notes = top.get("notes")
     if notes is not None and not isinstance(notes, str):
         raise ConfigError(f"notes: expected free text (a string), got {notes!r}")
     methods = {entry.method for entry in models}
-    trains_own = any(not BENCHMARKS[key].per_model for key in benchmarks)
+    trains_own = any(not benchmarks[key].per_model for key in settings)
     if baseline is not None and baseline not in methods and not trains_own:
         raise ConfigError(
             f"report.baseline: {baseline!r} is not the method of any model entry; use one of {sorted(methods)}"
@@ -273,7 +175,7 @@ def parse_config(data: Any, *, base_dir: Path) -> EvalConfig:
     return EvalConfig(
         base_model=base_model,
         models=models,
-        benchmarks=benchmarks,
+        benchmarks=settings,
         generation=generation,
         dtype=get_choice(top, "dtype", where="", choices=DTYPES, default="auto"),
         device=device,
@@ -299,23 +201,18 @@ def _check_vllm_backend(models: tuple[ModelEntry, ...], *, device: str) -> None:
             check_servable_by_vllm(config, where=f"models[{index}].adapter")
 
 
-def _parse_device(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
-        raise ConfigError(f"device: expected auto, cpu, mps, cuda or cuda:N, got {value!r}")
-    return value
-
-
 def _parse_generation(section: Any) -> GenerationDefaults:
     where = "generation"
     fields = check_fields(section, where=where, allowed=GENERATION_FIELDS)
-    default = GenerationDefaults()
-    backend = get_choice(fields, "backend", where=where, choices=GENERATION_BACKENDS, default=default.backend)
+    default = dataclass_defaults(GenerationDefaults)
+    backend = get_choice(fields, "backend", where=where, choices=GENERATION_BACKENDS, default=default["backend"])
     return GenerationDefaults(
-        batch_size=get_int(fields, "batch_size", where=where, default=default.batch_size, minimum=1),
-        max_new_tokens=get_int(fields, "max_new_tokens", where=where, default=default.max_new_tokens, minimum=1),
-        temperature=get_float(fields, "temperature", where=where, default=default.temperature, low=0.0, high=10.0),
-        top_p=get_float(fields, "top_p", where=where, default=default.top_p, low=0.0, high=1.0),
-        seed=get_int(fields, "seed", where=where, default=default.seed),
+        batch_size=get_int(fields, "batch_size", where=where, default=default["batch_size"], minimum=1),
+        max_new_tokens=get_int(fields, "max_new_tokens", where=where, default=default["max_new_tokens"], minimum=1),
+        temperature=get_float(fields, "temperature", where=where, default=default["temperature"], low=0.0,
+                              high=10.0),
+        top_p=get_float(fields, "top_p", where=where, default=default["top_p"], low=0.0, high=1.0),
+        seed=get_int(fields, "seed", where=where, default=default["seed"]),
         backend=backend,
         vllm=_parse_vllm(fields.get("vllm"), backend=backend),
     )
@@ -329,17 +226,14 @@ def _parse_vllm(section: Any, *, backend: str) -> VLLMSettings | None:
                               "`backend: vllm` to `generation:`, or remove the block")
         return None
     fields = check_fields(section, where=where, allowed=VLLM_FIELDS)
-    default = VLLMSettings()
-    enforce_eager = fields.get("enforce_eager")
-    if enforce_eager is not None and not isinstance(enforce_eager, bool):
-        raise ConfigError(f"{where}.enforce_eager: expected true or false, got {enforce_eager!r}")
+    default = dataclass_defaults(VLLMSettings)
     return VLLMSettings(
         tensor_parallel_size=get_int(fields, "tensor_parallel_size", where=where,
-                                     default=default.tensor_parallel_size, minimum=1),
+                                     default=default["tensor_parallel_size"], minimum=1),
         gpu_memory_utilization=get_float(fields, "gpu_memory_utilization", where=where,
-                                         default=default.gpu_memory_utilization, low=0.05, high=1.0),
-        max_model_len=get_int(fields, "max_model_len", where=where, default=None, minimum=16),
-        enforce_eager=enforce_eager,
+                                         default=default["gpu_memory_utilization"], low=0.05, high=1.0),
+        max_model_len=get_int(fields, "max_model_len", where=where, default=default["max_model_len"], minimum=16),
+        enforce_eager=get_bool(fields, "enforce_eager", where=where, default=default["enforce_eager"]),
     )
 
 
@@ -366,9 +260,7 @@ def _parse_models(section: Any, *, base_dir: Path) -> tuple[ModelEntry, ...]:
         if not isinstance(method, str):
             raise ConfigError(f"{where}.method: expected a string such as NLoRA, LoRA, PiSSA, got {method!r}")
         seed = get_int(fields, "seed", where=where, default=None)
-        expect_identity = fields.get("expect_identity", False)
-        if not isinstance(expect_identity, bool):
-            raise ConfigError(f"{where}.expect_identity: expected true or false, got {expect_identity!r}")
+        expect_identity = get_bool(fields, "expect_identity", where=where, default=False)
         if expect_identity and adapter is None:
             raise ConfigError(f"{where}.expect_identity: only an entry with an `adapter` can expect identity; "
                               "drop the field for the base model")
@@ -377,15 +269,6 @@ def _parse_models(section: Any, *, base_dir: Path) -> tuple[ModelEntry, ...]:
                                   intended_differences=parse_intended_differences(
                                       fields.get("intended_differences"), where=f"{where}.intended_differences")))
     return tuple(entries)
-
-
-def parse_intended_differences(value: Any, *, where: str) -> tuple[str, ...]:
-    """`intended_differences`: budget fields an entry is meant to differ in (e.g. IntTune's own lr)."""
-    if value is None:
-        return ()
-    if not isinstance(value, list) or any(item not in BUDGET_FIELDS for item in value):
-        raise ConfigError(f"{where}: expected a list drawn from {', '.join(BUDGET_FIELDS)}, got {value!r}")
-    return tuple(value)
 
 
 def infer_method(adapter: Path | None) -> str:
@@ -402,30 +285,16 @@ def infer_method(adapter: Path | None) -> str:
     return method_label(config, converted_from)
 
 
-def _parse_benchmarks(section: Any, *, base_dir: Path) -> dict[str, Any]:
+def _parse_benchmarks(section: Any, *, base_dir: Path, registry: Mapping[str, Benchmark]) -> dict[str, Any]:
     if not isinstance(section, Mapping) or not section:
         raise ConfigError(
             f"benchmarks: expected a mapping such as {{gsm8k: {{}}, math: {{data: ...}}}}, got {section!r}"
         )
     parsed: dict[str, Any] = {}
     for key, value in section.items():
-        if key not in BENCHMARKS:
+        if key not in registry:
             raise ConfigError(
-                f"benchmarks.{key}: unknown benchmark; available here: {', '.join(sorted(BENCHMARKS))}"
+                f"benchmarks.{key}: unknown benchmark; available here: {', '.join(sorted(registry))}"
             )
-        task = BENCHMARKS[key].load()
-        parsed[key] = task.parse_section(value or {}, where=f"benchmarks.{key}", base_dir=base_dir)
+        parsed[key] = registry[key].parse_section(value or {}, where=f"benchmarks.{key}", base_dir=base_dir)
     return parsed
-
-
-def _check_mt_bench_baseline(benchmarks: Mapping[str, Any], models: tuple[ModelEntry, ...]) -> None:
-    """MT-Bench pairwise mode compares every entry with one of them: that label must exist."""
-    settings = benchmarks.get("mt_bench")
-    if settings is None or settings.mode != "both":
-        return
-    labels = [entry.label for entry in models]
-    if settings.baseline_label not in labels:
-        raise ConfigError(
-            f"benchmarks.mt_bench.baseline_label: {settings.baseline_label!r} is not a model label; "
-            f"use one of {labels}"
-        )

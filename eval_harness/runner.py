@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from eval_harness.adapters import provenance
-from eval_harness.config import BENCHMARKS, EvalConfig, ModelEntry
+from eval_harness.config import EvalConfig, ModelEntry
 from eval_harness.errors import ConfigError
 from eval_harness.models import ModelHandle
 from eval_harness.results import atomic_write_json, read_json
+from eval_harness.run_folder import RunFolder
 from eval_harness.run_lock import holds_run_lock
+from eval_harness.tasks import BENCHMARKS
 from eval_harness.versions import package_versions
 from eval_harness.vllm_backend import VLLMEngine, serve_adapter
 
@@ -27,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 def start_run_dir(config: EvalConfig, output: Path, *, command: list[str]) -> None:
     """Write RUN_DIR/run.json, or check that an existing one was made by the same config (resume)."""
-    run_json = output / "run.json"
+    run_json = RunFolder(output).run_record
     current = config.as_dict()
     if run_json.is_file():
         previous = read_json(run_json).get("config", {})
@@ -56,26 +58,26 @@ def start_run_dir(config: EvalConfig, output: Path, *, command: list[str]) -> No
 @holds_run_lock  # a second run into the same folder is refused at start (eval_harness/run_lock.py)
 def run_config(config: EvalConfig, output: Path, *, command: list[str]) -> list[dict[str, Any]]:
     """Evaluate everything the config asks for into `output`; returns every summary (old and new)."""
-    output = Path(output)
-    start_run_dir(config, output, command=command)
+    run = RunFolder(Path(output))
+    start_run_dir(config, run.root, command=command)
     per_model = [(key, settings) for key, settings in config.benchmarks.items() if BENCHMARKS[key].per_model]
     handles = [ModelHandle.from_entry(entry, config) for entry in config.models]
-    engine = prepare_vllm(config, handles, output, per_model) if config.generation.backend == "vllm" else None
+    engine = prepare_vllm(config, handles, run, per_model) if config.generation.backend == "vllm" else None
     summaries: list[dict[str, Any]] = []
     try:
         for index, (entry, handle) in enumerate(zip(config.models, handles), start=1):
             logger.info("model %d/%d: %s (%s)", index, len(config.models), entry.label, entry.method)
             if engine is None:
-                prepare_model(entry, handle, config, output, per_model)
+                prepare_model(entry, handle, config, run, per_model)
             for key, settings in per_model:
-                out_dir = output / entry.label / key
-                if (out_dir / "summary.json").is_file():
+                if run.is_finished(entry.label, key):
                     logger.info("%s/%s: finished in an earlier run, skipped", entry.label, key)
-                    summaries.append(read_json(out_dir / "summary.json"))
+                    summaries.append(run.read_summary(entry.label, key))
                     continue
+                out_dir = run.benchmark_dir(entry.label, key)
                 out_dir.mkdir(parents=True, exist_ok=True)
                 started = time.perf_counter()
-                summary = BENCHMARKS[key].load().run(settings, model=handle, out_dir=out_dir)
+                summary = BENCHMARKS[key].run(settings, model=handle, out_dir=out_dir)
                 logger.info(
                     "%s/%s: %s = %s (%.1f s)",
                     entry.label,
@@ -89,37 +91,37 @@ def run_config(config: EvalConfig, output: Path, *, command: list[str]) -> list[
     finally:
         if engine is not None:
             engine.close()
-    if "mt_bench" in config.benchmarks and config.benchmarks["mt_bench"].mode == "both":
-        summaries.extend(run_mt_bench_pairwise(config, output))
-    for key, settings in config.benchmarks.items():
-        if not BENCHMARKS[key].per_model:
-            started = time.perf_counter()
-            summaries.extend(BENCHMARKS[key].load().run_all(settings, run_dir=output))
-            logger.info("%s: done (%.1f s)", key, time.perf_counter() - started)
+    labels = [entry.label for entry in config.models]
+    for key, settings in config.benchmarks.items():  # work that is not one model's (pairwise judging, GLUE)
+        started = time.perf_counter()
+        cross_model = BENCHMARKS[key].run_cross_model(settings, labels=labels, run=run)
+        if cross_model:
+            logger.info("%s: %d results across models (%.1f s)", key, len(cross_model), time.perf_counter() - started)
+        summaries.extend(cross_model)
     return summaries
 
 
-def prepare_model(entry: ModelEntry, handle: ModelHandle, config: EvalConfig, output: Path,
+def prepare_model(entry: ModelEntry, handle: ModelHandle, config: EvalConfig, run: RunFolder,
                   per_model: list[tuple[str, Any]]) -> bool:
     """Record the entry (model.json); if a benchmark still has work, load, check and probe it. True then."""
-    record = record_model(entry, config, output)
-    if all((output / entry.label / key / "summary.json").is_file() for key, _ in per_model):
+    record = record_model(entry, config, run)
+    if all(run.is_finished(entry.label, key) for key, _ in per_model):
         return False
     handle.model  # noqa: B018  (load, check and probe the adapter before any benchmark work)
     if handle.probe is not None:
-        atomic_write_json(output / entry.label / MODEL_RECORD, {**record, "probe": handle.probe})
+        atomic_write_json(run.model_record(entry.label), {**record, "probe": handle.probe})
     return True
 
 
-def prepare_vllm(config: EvalConfig, handles: list[ModelHandle], output: Path,
+def prepare_vllm(config: EvalConfig, handles: list[ModelHandle], run: RunFolder,
                  per_model: list[tuple[str, Any]]) -> VLLMEngine:
     """Backend vllm: check and probe every entry with HF first (each released before the next loads, and
     all before the engine takes the GPU), write each NLoRA adapter's exact plain-LoRA export, and give
     every handle the one engine of the base model."""
     served = []
     for entry, handle in zip(config.models, handles):
-        if prepare_model(entry, handle, config, output, per_model) and handle.adapter is not None:
-            handle.served_adapter = serve_adapter(handle.model, handle.adapter, output / entry.label)
+        if prepare_model(entry, handle, config, run, per_model) and handle.adapter is not None:
+            handle.served_adapter = serve_adapter(handle.model, handle.adapter, run.label_dir(entry.label))
             served.append(handle.served_adapter)
         handle.release()
     engine = VLLMEngine(config.base_model, dtype=config.dtype, settings=config.generation.vllm,
@@ -129,12 +131,9 @@ def prepare_vllm(config: EvalConfig, handles: list[ModelHandle], output: Path,
     return engine
 
 
-MODEL_RECORD = "model.json"  # <run>/<label>/model.json: what was evaluated under that label
-
-
-def record_model(entry: ModelEntry, config: EvalConfig, output: Path) -> dict[str, Any]:
+def record_model(entry: ModelEntry, config: EvalConfig, run: RunFolder) -> dict[str, Any]:
     """Write <run>/<label>/model.json (adapter hash, config, training budget); refuse a changed adapter on resume."""
-    path = output / entry.label / MODEL_RECORD
+    path = run.model_record(entry.label)
     record = {
         "label": entry.label,
         "method": entry.method,
@@ -155,23 +154,6 @@ def record_model(entry: ModelEntry, config: EvalConfig, output: Path) -> dict[st
             record["probe"] = previous["probe"]
     atomic_write_json(path, record)
     return record
-
-
-def run_mt_bench_pairwise(config: EvalConfig, output: Path) -> list[dict[str, Any]]:
-    """MT-Bench mode `both`: every other label's answers against `baseline_label`'s, judged in both orders."""
-    settings = config.benchmarks["mt_bench"]
-    task = BENCHMARKS["mt_bench"].load()
-    summaries = []
-    for entry in config.models:
-        if entry.label == settings.baseline_label:
-            continue
-        done = output / entry.label / f"mt_bench_vs_{settings.baseline_label}" / "summary.json"
-        if done.is_file():
-            summaries.append(read_json(done))
-            continue
-        summaries.append(task.run_pairwise(settings, label_a=entry.label, label_b=settings.baseline_label,
-                                           run_dir=output))
-    return summaries
 
 
 def format_table(summaries: list[dict[str, Any]]) -> str:

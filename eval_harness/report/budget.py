@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from eval_harness.fields import BUDGET_FIELDS
+
 from .load import ReportError, Runs
 
 # training-settings fields that are not how a run was trained: where or with which seed it was made, its outcome
 NOT_CONFIGURATION = ("seed", "written_by", "schema_version", "loss_curve")
-PARITY_FIELDS = ("samples", "rank", "learning_rate", "lr_schedule")  # eval_harness.config.BUDGET_FIELDS
+PARITY_FIELDS = BUDGET_FIELDS  # the budget fields model entries may declare as intended differences
 
 
 def glue_budget(summary: dict[str, Any]) -> dict[str, Any] | None:
@@ -27,7 +29,7 @@ def glue_budget(summary: dict[str, Any]) -> dict[str, Any] | None:
         return None
     batch = int(train["batch_size"])
     return {"rank": spec["r"], "lora_alpha": spec["lora_alpha"], "learning_rate": spec["learning_rate"],
-            "lr_schedule": f"linear, warmup {train.get('warmup_ratio')}", "micro_batch_size": batch,
+            "lr_schedule": f"cosine, warmup {train.get('warmup_ratio')}", "micro_batch_size": batch,
             "gradient_accumulation_steps": 1, "world_size": 1, "effective_batch_size": batch, "steps": steps,
             "samples": steps * batch if steps is not None else None,
             "intended_differences": list(spec.get("intended_differences") or [])}

@@ -32,11 +32,6 @@ logger = logging.getLogger(__name__)
 # Metrics that are fractions in [0, 1] (or correlations) and are shown ×100, as in the paper's tables.
 PERCENT_METRICS = {"exact_match", "accuracy", "acc", "f1", "matthews", "pearson", "spearman",
                    "pearson_spearman_mean"}
-BENCHMARK_NAMES = {
-    "gsm8k": "GSM8K", "math": "MATH", "humaneval": "HumanEval", "mbpp": "MBPP", "mt_bench": "MT-Bench",
-    "glue_mnli": "MNLI", "glue_sst2": "SST-2", "glue_mrpc": "MRPC", "glue_cola": "CoLA", "glue_qnli": "QNLI",
-    "glue_qqp": "QQP", "glue_rte": "RTE", "glue_stsb": "STS-B",
-}
 EFFICIENCY_FIELDS = ("init_time_s", "step_time_s", "peak_memory_bytes")
 SIGNIFICANCE_LEVEL = 0.05
 REPORT_PACKAGES = ("nlora", "numpy", "scipy", "matplotlib", "jinja2")  # what computed and drew this report
@@ -45,10 +40,6 @@ REPORT_PACKAGES = ("nlora", "numpy", "scipy", "matplotlib", "jinja2")  # what co
 def is_percent(metric: str) -> bool:
     """Whether `metric` is a fraction the tables show ×100 (pass@k included)."""
     return metric in PERCENT_METRICS or metric.startswith("pass@")
-
-
-def benchmark_name(key: str) -> str:
-    return BENCHMARK_NAMES.get(key, key)
 
 
 def format_params(count: int | None) -> str:
@@ -223,7 +214,7 @@ def _benchmark_info(runs: Runs, key: str) -> dict[str, Any]:
         raise ReportError(f"benchmark {key!r}: primary_metric {primaries[0]!r} of a corpus metric is not in "
                           "eval_harness.metrics.METRICS, so it cannot be recomputed on resamples; use one of its keys")
     metrics = list(dict.fromkeys(name for s in summaries for name in s["metrics"]))
-    return {"key": key, "name": benchmark_name(key), "primary_metric": primaries[0], "metric_kind": kinds[0],
+    return {"key": key, "name": summaries[0]["title"], "primary_metric": primaries[0], "metric_kind": kinds[0],
             "percent": is_percent(primaries[0]), "metrics": metrics,
             "lower_is_better": any(bool(s.get("lower_is_better")) for s in summaries),
             "percent_metrics": [name for name in metrics if is_percent(name)]}

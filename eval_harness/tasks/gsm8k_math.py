@@ -15,7 +15,6 @@ lm_eval_results.json next to summary.json.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -25,9 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from eval_harness.config import check_fields, get_choice, get_int, get_path
 from eval_harness.errors import ConfigError
+from eval_harness.fields import check_fields, get_choice, get_int, get_path
+from eval_harness.jsonl import read_jsonl
 from eval_harness.results import ItemLog, atomic_write_json, atomic_write_text
+from eval_harness.summary import Summary
+from eval_harness.tasks.base import Benchmark
 
 if TYPE_CHECKING:
     from eval_harness.models import ModelHandle
@@ -65,10 +67,11 @@ class LmEvalSettings:
 
 
 @dataclass(frozen=True)
-class LmEvalBenchmark:
+class LmEvalBenchmark(Benchmark):
     """One benchmark run by lm-eval: its fields, its data format and the filter its score comes from."""
 
     key: str
+    title: str
     required_keys: tuple[str, ...]  # every data line needs these
     answer_markers: tuple[str, ...]  # and one of these strings in its answer/solution field
     answer_field: str
@@ -112,29 +115,18 @@ class LmEvalBenchmark:
 
     def check_data(self, path: Path, *, where: str) -> None:
         """Every line is a JSON object with the fields lm-eval's task reads."""
-        with path.open(encoding="utf-8") as handle:
-            count = 0
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ConfigError(f"{where}: {path} line {number} is not JSON ({error})") from error
-                missing = [key for key in self.required_keys if key not in record]
-                if missing:
-                    raise ConfigError(
-                        f"{where}: {path} line {number} lacks {missing}; {self.key} data is jsonl with the "
-                        f"fields {list(self.required_keys)}"
-                    )
-                if not any(marker in str(record[self.answer_field]) for marker in self.answer_markers):
-                    raise ConfigError(
-                        f"{where}: {path} line {number}: its {self.answer_field!r} has no "
-                        f"{' or '.join(self.answer_markers)}, from which the reference answer is read"
-                    )
-                count += 1
-        if count == 0:
-            raise ConfigError(f"{where}: {path} holds no items")
+        for number, record in read_jsonl(path, where=where):
+            missing = [key for key in self.required_keys if key not in record]
+            if missing:
+                raise ConfigError(
+                    f"{where}: {path} line {number} lacks {missing}; {self.key} data is jsonl with the "
+                    f"fields {list(self.required_keys)}"
+                )
+            if not any(marker in str(record[self.answer_field]) for marker in self.answer_markers):
+                raise ConfigError(
+                    f"{where}: {path} line {number}: its {self.answer_field!r} has no "
+                    f"{' or '.join(self.answer_markers)}, from which the reference answer is read"
+                )
 
     def run(self, settings: LmEvalSettings, *, model: ModelHandle, out_dir: Path) -> dict[str, Any]:
         """Evaluate one model with lm-eval; write items.jsonl, lm_eval_results.json and summary.json."""
@@ -162,18 +154,20 @@ class LmEvalBenchmark:
             if record["id"] not in done:
                 log.append(record)
         task_metrics = results["results"][settings.task_name]
-        summary = {
-            "label": model.label,
-            "method": model.method,
-            "seed": model.seed,
-            "benchmark": self.key,
-            "metrics": self.summary_metrics(settings, task_metrics),
-            "primary_metric": "exact_match",
-            "metric_kind": "mean",
-            "item_score_keys": self.item_score_keys(),
-            "n_items": len(records),
-            "trainable_params": model.trainable_params,
-            "extra": {
+        return Summary(
+            label=model.label,
+            method=model.method,
+            seed=model.seed,
+            benchmark=self.key,
+            title=self.title,
+            metrics=self.summary_metrics(settings, task_metrics),
+            primary_metric="exact_match",
+            metric_kind="mean",
+            item_score_keys=self.item_score_keys(),
+            n_items=len(records),
+            trainable_params=model.trainable_params,
+            base_model=str(model.base_model),
+            extra={
                 "prompt": settings.prompt,
                 "num_fewshot": settings.num_fewshot,
                 "data": str(settings.data),
@@ -183,9 +177,7 @@ class LmEvalBenchmark:
                 "generation_backend": model.generation.backend,
                 "eval_time_s": round(time.perf_counter() - start, 3),
             },
-        }
-        atomic_write_json(out_dir / "summary.json", summary)
-        return summary
+        ).write(out_dir)
 
     def primary_filter(self, settings: LmEvalSettings) -> str:
         """The lm-eval filter whose exact_match is the benchmark's score."""
@@ -276,6 +268,7 @@ def to_plain(obj: Any) -> Any:
 
 GSM8K = LmEvalBenchmark(
     key="gsm8k",
+    title="GSM8K",
     required_keys=("question", "answer"),
     answer_markers=("####",),
     answer_field="answer",
@@ -284,6 +277,7 @@ GSM8K = LmEvalBenchmark(
 )
 MATH = LmEvalBenchmark(
     key="math",
+    title="MATH",
     required_keys=("problem", "solution"),
     answer_markers=("\\boxed", "\\fbox"),
     answer_field="solution",

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,10 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from eval_harness.config import check_fields, get_choice, get_float, get_int, get_path
 from eval_harness.errors import ConfigError
+from eval_harness.fields import check_fields, dataclass_defaults, get_choice, get_float, get_int, get_path
+from eval_harness.jsonl import read_records
 from eval_harness.judge import JudgeClient, JudgeError, JudgeSettings
-from eval_harness.results import ItemLog, atomic_write_json, atomic_write_text, read_json
+from eval_harness.results import ItemLog, atomic_write_text
+from eval_harness.run_folder import RunFolder
+from eval_harness.summary import Summary
+from eval_harness.tasks.base import Benchmark
 
 if TYPE_CHECKING:
     from eval_harness.models import ModelHandle
@@ -41,6 +45,7 @@ FIELDS = ("questions", "judge_prompts", "reference_answers", "judge", "mode", "b
           "categories", "max_new_tokens", "temperature")
 JUDGE_FIELDS = ("base_url", "model", "api_key_env", "temperature", "max_tokens", "timeout_s", "max_retries",
                 "concurrency")
+MODES = ("single", "both")  # both: single grading, then pairwise against baseline_label
 CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 NEED_REFERENCE = ("math", "reasoning", "coding")
 CATEGORY_TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "stem": 0.1, "humanities": 0.1}  # FastChat; else 0.0
@@ -58,7 +63,7 @@ class MTBenchSettings:
     judge_prompts: Path
     reference_answers: Path
     judge: JudgeSettings
-    mode: str = "single"  # "single", or "both" (single grading + pairwise against baseline_label)
+    mode: str = "single"  # one of MODES
     baseline_label: str | None = None
     limit: int | None = None
     categories: tuple[str, ...] = CATEGORIES
@@ -74,7 +79,7 @@ def parse_section(section: Mapping[str, Any], *, where: str, base_dir: Path) -> 
         for name, default in (("questions", "question.jsonl"), ("judge_prompts", "judge_prompts.jsonl"),
                               ("reference_answers", "reference_answer_gpt-4.jsonl"))
     }
-    mode = get_choice(section, "mode", where=where, choices=("single", "both"), default="single")
+    mode = get_choice(section, "mode", where=where, choices=MODES, default=dataclass_defaults(MTBenchSettings)["mode"])
     baseline = section.get("baseline_label")
     if mode == "both" and not isinstance(baseline, str):
         raise ConfigError(f"{where}.baseline_label: mode 'both' compares every model with one of them; "
@@ -110,37 +115,35 @@ def _parse_judge(section: Any, *, where: str) -> JudgeSettings:
         if not api_key:
             raise ConfigError(f"{where}.api_key_env: environment variable {key_variable!r} is not set; export "
                               "it, or set api_key_env: null for an endpoint that needs no key")
+    default = dataclass_defaults(JudgeSettings)
     return JudgeSettings(
         base_url=base_url,
         model=str(section["model"]),
         api_key=api_key,
-        temperature=get_float(section, "temperature", where=where, default=0.0, low=0.0, high=2.0),
-        max_tokens=get_int(section, "max_tokens", where=where, default=2048, minimum=1),
-        timeout_s=get_float(section, "timeout_s", where=where, default=120.0, low=0.1, high=3600.0),
-        max_retries=get_int(section, "max_retries", where=where, default=4, minimum=0),
-        concurrency=get_int(section, "concurrency", where=where, default=4, minimum=1),
+        temperature=get_float(section, "temperature", where=where, default=default["temperature"], low=0.0, high=2.0),
+        max_tokens=get_int(section, "max_tokens", where=where, default=default["max_tokens"], minimum=1),
+        timeout_s=get_float(section, "timeout_s", where=where, default=default["timeout_s"], low=0.1, high=3600.0),
+        max_retries=get_int(section, "max_retries", where=where, default=default["max_retries"], minimum=0),
+        concurrency=get_int(section, "concurrency", where=where, default=default["concurrency"], minimum=1),
     )
 
 
 # --------------------------------------------------------------------------- data
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def load_questions(settings: MTBenchSettings) -> list[dict[str, Any]]:
-    questions = [q for q in read_jsonl(settings.questions) if q["category"] in settings.categories]
+    questions = [q for q in read_records(settings.questions, where="benchmarks.mt_bench.questions") if q["category"] in settings.categories]
     return questions[: settings.limit] if settings.limit else questions
 
 
 def load_judge_prompts(settings: MTBenchSettings) -> dict[str, dict[str, Any]]:
-    return {prompt["name"]: prompt for prompt in read_jsonl(settings.judge_prompts)}
+    return {prompt["name"]: prompt for prompt in read_records(settings.judge_prompts, where="benchmarks.mt_bench.judge_prompts")}
 
 
 def load_references(settings: MTBenchSettings, questions: list[dict[str, Any]]) -> dict[int, list[str]]:
     """Reference answers by question id; warns about math/reasoning/coding questions graded without one."""
-    references = {ref["question_id"]: ref["choices"][0]["turns"] for ref in read_jsonl(settings.reference_answers)}
+    rows = read_records(settings.reference_answers, where="benchmarks.mt_bench.reference_answers", allow_empty=True)
+    references = {ref["question_id"]: ref["choices"][0]["turns"] for ref in rows}
     missing = [q["question_id"] for q in questions if q["category"] in NEED_REFERENCE
                and q["question_id"] not in references]
     if missing:
@@ -317,15 +320,13 @@ def run(settings: MTBenchSettings, *, model: ModelHandle, out_dir: Path) -> dict
     atomic_write_text(out_dir / "items.jsonl", "".join(
         json.dumps({"id": r["id"], "score": r["rating"], "turn": r["turn"], "category": r["category"]}) + "\n"
         for r in rated))
-    summary = {
-        "label": model.label, "method": model.method, "seed": model.seed, "benchmark": out_dir.name,
-        "metrics": _mean_scores(rated), "primary_metric": "score", "metric_kind": "mean", "n_items": len(rated),
-        "trainable_params": model.trainable_params,
-        "extra": {"unparsed_judgments": len(records) - len(rated), "judge_model": settings.judge.model,
-                  "settings": {**asdict(settings), "judge": {**asdict(settings.judge), "api_key": None}}},
-    }
-    atomic_write_json(out_dir / "summary.json", summary)
-    return summary
+    return Summary(
+        label=model.label, method=model.method, seed=model.seed, benchmark=MT_BENCH.key, title=MT_BENCH.title,
+        metrics=_mean_scores(rated), primary_metric="score", metric_kind="mean", n_items=len(rated),
+        trainable_params=model.trainable_params, base_model=str(model.base_model),
+        extra={"unparsed_judgments": len(records) - len(rated), "judge_model": settings.judge.model,
+               "settings": {**asdict(settings), "judge": {**asdict(settings.judge), "api_key": None}}},
+    ).write(out_dir)
 
 
 def _mean_scores(rated: list[dict]) -> dict[str, float]:
@@ -341,13 +342,19 @@ def _mean_scores(rated: list[dict]) -> dict[str, float]:
     return {name: value for name, value in metrics.items() if value is not None}
 
 
+def pairwise_key(opponent: str) -> str:
+    """The folder (and benchmark name) of the pairwise comparison against `opponent`."""
+    return f"mt_bench_vs_{opponent}"
+
+
 def run_pairwise(settings: MTBenchSettings, *, label_a: str, label_b: str, run_dir: Path) -> dict[str, Any]:
     """label_a's answers against label_b's, each pair judged in both orders (position bias cancels)."""
-    answers_a = _answers(run_dir / label_a / "mt_bench")
-    answers_b = _answers(run_dir / label_b / "mt_bench")
+    run = RunFolder(Path(run_dir))
+    answers_a = _answers(run.benchmark_dir(label_a, MT_BENCH.key))
+    answers_b = _answers(run.benchmark_dir(label_b, MT_BENCH.key))
     questions = [q for q in load_questions(settings) if q["question_id"] in answers_a and q["question_id"] in answers_b]
     prompts, references = load_judge_prompts(settings), load_references(settings, questions)
-    out_dir = run_dir / label_a / f"mt_bench_vs_{label_b}"
+    out_dir = run.benchmark_dir(label_a, pairwise_key(label_b))
     judgments = ItemLog(out_dir / "judgments.jsonl")
 
     def compare(question: dict, turn: int, swapped: bool) -> Callable[[JudgeClient], dict]:
@@ -371,20 +378,20 @@ def run_pairwise(settings: MTBenchSettings, *, label_a: str, label_b: str, run_d
             items.append({"id": key, "score": pair_score(verdicts.get(f"{key}-ab"), verdicts.get(f"{key}-ba"))})
     atomic_write_text(out_dir / "items.jsonl", "".join(json.dumps(item) + "\n" for item in items))
     scores = [item["score"] for item in items]
-    method_a = _method(run_dir / label_a / "mt_bench", label_a)
-    summary = {
-        "label": label_a, "method": method_a, "seed": None, "benchmark": out_dir.name,
-        "metrics": {
+    single = Summary.read(run.summary_path(label_a, MT_BENCH.key)) if run.is_finished(label_a, MT_BENCH.key) \
+        else None
+    return Summary(
+        label=label_a, method=single.method if single else label_a, seed=None, benchmark=out_dir.name,
+        title=out_dir.name, base_model=single.base_model if single else None,
+        metrics={
             "win_rate_adjusted": sum(scores) / len(scores) if scores else 0.0,
             "win_rate": scores.count(1.0) / len(scores) if scores else 0.0,
             "tie_rate": scores.count(0.5) / len(scores) if scores else 0.0,
             "loss_rate": scores.count(0.0) / len(scores) if scores else 0.0,
         },
-        "primary_metric": "win_rate_adjusted", "metric_kind": "mean", "n_items": len(items),
-        "trainable_params": None, "extra": {"opponent": label_b, "judge_model": settings.judge.model},
-    }
-    atomic_write_json(out_dir / "summary.json", summary)
-    return summary
+        primary_metric="win_rate_adjusted", metric_kind="mean", n_items=len(items),
+        extra={"opponent": label_b, "judge_model": settings.judge.model},
+    ).write(out_dir)
 
 
 def pair_score(verdict_ab: str | None, verdict_ba: str | None) -> float:
@@ -399,6 +406,39 @@ def _answers(out_dir: Path) -> dict[int, list[str]]:
     return {int(record["id"]): record["turns"] for record in ItemLog(out_dir / "answers.jsonl").records()}
 
 
-def _method(out_dir: Path, label: str) -> str:
-    summary = out_dir / "summary.json"
-    return read_json(summary).get("method", label) if summary.is_file() else label
+class MTBench(Benchmark):
+    """Single-answer grading per model; mode `both` adds every label against `baseline_label` afterwards."""
+
+    key = "mt_bench"
+    title = "MT-Bench"
+
+    def parse_section(self, section: Mapping[str, Any], *, where: str, base_dir: Path) -> MTBenchSettings:
+        return parse_section(section, where=where, base_dir=base_dir)
+
+    def check_models(self, settings: MTBenchSettings, *, labels: Sequence[str], where: str) -> None:
+        if settings.mode == "both" and settings.baseline_label not in labels:
+            raise ConfigError(f"{where}.baseline_label: {settings.baseline_label!r} is not a model label; "
+                              f"use one of {list(labels)}")
+
+    def run(self, settings: MTBenchSettings, *, model: ModelHandle, out_dir: Path) -> dict[str, Any]:
+        return run(settings, model=model, out_dir=out_dir)
+
+    def run_cross_model(self, settings: MTBenchSettings, *, labels: Sequence[str],
+                        run: RunFolder) -> list[dict[str, Any]]:
+        """Mode `both`: every other label's answers against `baseline_label`'s, judged in both orders."""
+        if settings.mode != "both":
+            return []
+        summaries = []
+        for label in labels:
+            if label == settings.baseline_label:
+                continue
+            key = pairwise_key(settings.baseline_label)
+            if run.is_finished(label, key):
+                summaries.append(run.read_summary(label, key))
+                continue
+            summaries.append(run_pairwise(settings, label_a=label, label_b=settings.baseline_label,
+                                          run_dir=run.root))
+        return summaries
+
+
+MT_BENCH = MTBench()

@@ -21,7 +21,6 @@ Axolotl builds its training examples, so a model that learnt to stop is credited
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -30,9 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eval_harness.config import check_fields, get_choice, get_int, get_path
 from eval_harness.errors import ConfigError
-from eval_harness.results import ItemLog, atomic_write_json
+from eval_harness.fields import check_fields, dataclass_defaults, get_bool, get_choice, get_int, get_path
+from eval_harness.jsonl import read_jsonl
+from eval_harness.results import ItemLog
+from eval_harness.summary import Summary
+from eval_harness.tasks.base import Benchmark
 
 if TYPE_CHECKING:
     import torch
@@ -99,23 +101,9 @@ def metamath_item(index: int, record: Mapping[str, Any]) -> Item:
 
 def read_items(settings: NllSettings, *, where: str = "benchmarks.nll") -> list[Item]:
     """Every item of the data file (the first `limit`); ConfigError naming the line that cannot be used."""
-    items: list[Item] = []
-    with settings.data.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            if settings.limit is not None and len(items) >= settings.limit:
-                break
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ConfigError(f"{where}.data: {settings.data} line {number} is not JSON ({error})") from error
-            if not isinstance(record, dict):
-                raise ConfigError(f"{where}.data: {settings.data} line {number} is not a JSON object")
-            items.append(_item(record, len(items), settings, where=f"{where}.data: {settings.data} line {number}"))
-    if not items:
-        raise ConfigError(f"{where}.data: {settings.data} holds no items")
-    return items
+    rows = read_jsonl(settings.data, where=f"{where}.data")[: settings.limit]
+    return [_item(record, index, settings, where=f"{where}.data: {settings.data} line {number}")
+            for index, (number, record) in enumerate(rows)]
 
 
 def _item(record: dict[str, Any], index: int, settings: NllSettings, *, where: str) -> Item:
@@ -141,7 +129,8 @@ def _item(record: dict[str, Any], index: int, settings: NllSettings, *, where: s
 def parse_section(section: Mapping[str, Any], *, where: str, base_dir: Path) -> NllSettings:
     """Check the fields and read every item (so bad data fails before any model loads)."""
     fields = check_fields(section, where=where, allowed=FIELDS)
-    data_format = get_choice(fields, "format", where=where, choices=FORMATS, default="metamath")
+    default = dataclass_defaults(NllSettings)
+    data_format = get_choice(fields, "format", where=where, choices=FORMATS, default=default["format"])
     if fields.get("data") is None and data_format == "metamath":
         data = PACKAGED_GSM8K_TEST
     else:
@@ -151,19 +140,16 @@ def parse_section(section: Mapping[str, Any], *, where: str, base_dir: Path) -> 
             raise ConfigError(f"{where}.{name}: only used with format: pairs (format is {data_format!r}); remove it")
         if name in fields and (not isinstance(fields[name], str) or not fields[name]):
             raise ConfigError(f"{where}.{name}: expected a field name, got {fields[name]!r}")
-    add_eos = fields.get("add_eos", True)
-    if not isinstance(add_eos, bool):
-        raise ConfigError(f"{where}.add_eos: expected true or false, got {add_eos!r}")
     settings = NllSettings(
         data=data,
         format=data_format,
-        prompt_field=fields.get("prompt_field", "prompt"),
-        answer_field=fields.get("answer_field", "answer"),
+        prompt_field=fields.get("prompt_field", default["prompt_field"]),
+        answer_field=fields.get("answer_field", default["answer_field"]),
         limit=get_int(fields, "limit", where=where, default=None, minimum=1),
         batch_size=get_int(fields, "batch_size", where=where, default=None, minimum=1),
-        max_length=get_int(fields, "max_length", where=where, default=1024, minimum=2),
-        add_eos=add_eos,
-        generate=get_int(fields, "generate", where=where, default=0, minimum=0),
+        max_length=get_int(fields, "max_length", where=where, default=default["max_length"], minimum=2),
+        add_eos=get_bool(fields, "add_eos", where=where, default=default["add_eos"]),
+        generate=get_int(fields, "generate", where=where, default=default["generate"], minimum=0),
         max_new_tokens=get_int(fields, "max_new_tokens", where=where, default=None, minimum=1),
     )
     if settings.max_new_tokens is not None and not settings.generate:
@@ -240,25 +226,25 @@ def run(settings: NllSettings, *, model: ModelHandle, out_dir: Path) -> dict[str
                             **shown_text})
     wanted = {item.id for item in items}
     records = [record for record in log.records() if str(record["id"]) in wanted]
-    summary = {
-        "label": model.label,
-        "method": model.method,
-        "seed": model.seed,
-        "benchmark": "nll",
-        "metrics": summary_metrics(records),
-        "primary_metric": "nll",
-        "metric_kind": "mean",
-        "lower_is_better": True,
-        "n_items": len(records),
-        "trainable_params": model.trainable_params,
-        "extra": {"answer_tokens": sum(int(r["n_tokens"]) for r in records), "data": str(settings.data), "format": settings.format, "add_eos": settings.add_eos,
-                  "generated_items": len(shown),
-                  "max_length": settings.max_length, "truncated_items": sum(bool(r["truncated"]) for r in records),
-                  "measure": "mean over items of the mean NLL (nats) per answer token, teacher-forced",
-                  "eval_time_s": round(time.perf_counter() - start, 3)},
-    }
-    atomic_write_json(out_dir / "summary.json", summary)
-    return summary
+    return Summary(
+        label=model.label,
+        method=model.method,
+        seed=model.seed,
+        benchmark=NLL.key,
+        title=NLL.title,
+        metrics=summary_metrics(records),
+        primary_metric="nll",
+        metric_kind="mean",
+        lower_is_better=True,
+        n_items=len(records),
+        trainable_params=model.trainable_params,
+        base_model=str(model.base_model),
+        extra={"answer_tokens": sum(int(r["n_tokens"]) for r in records), "data": str(settings.data),
+               "format": settings.format, "add_eos": settings.add_eos, "generated_items": len(shown),
+               "max_length": settings.max_length, "truncated_items": sum(bool(r["truncated"]) for r in records),
+               "measure": "mean over items of the mean NLL (nats) per answer token, teacher-forced",
+               "eval_time_s": round(time.perf_counter() - start, 3)},
+    ).write(out_dir)
 
 
 def _completions(items: list[Item], model: ModelHandle, settings: NllSettings) -> dict[str, str]:
@@ -277,3 +263,19 @@ def summary_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
     token_nll = sum(float(record["scores"]["sum_nll"]) for record in records) / tokens
     return {"nll": sum(float(record["score"]) for record in records) / len(records),
             "token_nll": token_nll, "perplexity": math.exp(token_nll)}
+
+
+class NllBenchmark(Benchmark):
+    """Teacher-forced answer NLL: `parse_section` and `run` above."""
+
+    key = "nll"
+    title = "nll"  # the name reports have always shown
+
+    def parse_section(self, section: Mapping[str, Any], *, where: str, base_dir: Path) -> NllSettings:
+        return parse_section(section, where=where, base_dir=base_dir)
+
+    def run(self, settings: NllSettings, *, model: ModelHandle, out_dir: Path) -> dict[str, Any]:
+        return run(settings, model=model, out_dir=out_dir)
+
+
+NLL = NllBenchmark()

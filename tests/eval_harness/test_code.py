@@ -299,6 +299,7 @@ class FakeModel:
     method: str = "NLoRA"
     seed: int | None = 0
     trainable_params: int | None = 1234
+    base_model: str = "models/tiny"
     generation: GenerationDefaults = field(default_factory=lambda: GenerationDefaults(temperature=0.7,
                                                                                       max_new_tokens=64))
 
@@ -357,7 +358,7 @@ def test_run_mbpp_greedy_with_generation_defaults(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_runner_scores_humaneval_and_mbpp_with_the_tiny_model(eval_dir: Path) -> None:
     """Config -> tiny Llama with an adapter -> HF generation -> sandbox -> items.jsonl/summary.json."""
-    from eval_harness.config import load_config
+    from eval_harness.eval_yaml import load_config
     from eval_harness.runner import run_config
     from tests.eval_harness.conftest import tiny_config, write_yaml
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from eval_harness.config import infer_method, load_config
+from eval_harness.config import infer_method
 from eval_harness.errors import ConfigError
+from eval_harness.eval_yaml import load_config
+from eval_harness.tasks.base import Benchmark
 from tests.eval_harness.conftest import tiny_config, write_yaml
 
 
@@ -145,13 +146,17 @@ def test_mt_bench_pairwise_baseline_must_be_a_label(eval_dir):
         _load(eval_dir, benchmarks={"mt_bench": {**section, "baseline_label": "LoRA"}})
 
 
-FAKE_GLUE = SimpleNamespace(parse_section=lambda section, *, where, base_dir: dict(section))
+class FakeGlue(Benchmark):
+    key, title, per_model = "own", "Own", False
+
+    def parse_section(self, section, *, where, base_dir):
+        return dict(section)
 
 
 def test_benchmarks_that_train_their_own_models_need_no_base_model(tmp_path, monkeypatch):
-    from eval_harness.config import BENCHMARKS, Benchmark
+    from eval_harness.tasks import BENCHMARKS
 
-    monkeypatch.setitem(BENCHMARKS, "own", Benchmark("own", __name__, "FAKE_GLUE", per_model=False))
+    monkeypatch.setitem(BENCHMARKS, "own", FakeGlue())
     config = load_config(write_yaml(tmp_path, {"benchmarks": {"own": {"x": 1}}, "report": {"baseline": "LoRA"}}))
     assert config.base_model is None and config.models == () and config.benchmarks == {"own": {"x": 1}}
     with pytest.raises(ConfigError, match=r"^base_model: required field is missing"):

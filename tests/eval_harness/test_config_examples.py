@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from eval_harness.cli import main
-from eval_harness.config import load_config
+from eval_harness.eval_yaml import load_config
 from eval_harness.results import read_json
-from eval_harness.tasks.glue import GLUE_TASKS
+from eval_harness.tasks.glue.benchmark import GLUE_TASKS
 from tests.eval_harness.conftest import FIXTURES, REPO
 
 EXAMPLES = REPO / "example_configs" / "eval"

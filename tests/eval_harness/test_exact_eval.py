@@ -15,12 +15,13 @@ from transformers import AutoModelForCausalLM
 
 import nlora_plugin
 from eval_harness.cli import main
-from eval_harness.config import load_config
 from eval_harness.errors import ConfigError
+from eval_harness.eval_yaml import load_config
 from eval_harness.models import ModelHandle
 from eval_harness.report import build_report
 from eval_harness.results import atomic_write_json
-from eval_harness.runner import MODEL_RECORD, record_model
+from eval_harness.run_folder import MODEL_RECORD, RunFolder
+from eval_harness.runner import record_model
 from tests.fixtures.report.synthetic import binary_scores, write_mean_result, write_run_json
 
 from .conftest import TARGETS, tiny_config, write_yaml
@@ -129,7 +130,7 @@ def test_model_json_records_the_adapter_and_refuses_a_changed_one_on_resume(eval
 
     shutil.copytree(tiny_root / "lora", tmp_path / "mine")
     config = load_config(write_yaml(eval_dir, tiny_config(models=[{"label": "l", "adapter": str(tmp_path / "mine")}])))
-    record = record_model(config.models[0], config, tmp_path / "run")
+    record = record_model(config.models[0], config, RunFolder(tmp_path / "run"))
     saved = json.loads((tmp_path / "run" / "l" / MODEL_RECORD).read_text())
     assert saved == record and len(saved["provenance"]["adapter_sha256"]) == 64
     assert saved["provenance"]["adapter_config"]["r"] == 4 and "base_model_name_or_path" not in \
@@ -137,7 +138,7 @@ def test_model_json_records_the_adapter_and_refuses_a_changed_one_on_resume(eval
     config_file = tmp_path / "mine" / "adapter_config.json"
     config_file.write_text(config_file.read_text().replace('"r": 4', '"r": 4 '))
     with pytest.raises(ConfigError, match="adapter_sha256 differs"):
-        record_model(config.models[0], config, tmp_path / "run")
+        record_model(config.models[0], config, RunFolder(tmp_path / "run"))
 
 
 # ---------------------------------------------------------------- the report: budgets and configurations

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from eval_harness import tasks
-from eval_harness.config import parse_config
 from eval_harness.errors import ConfigError
+from eval_harness.eval_yaml import parse_config
 from eval_harness.results import read_json
-from eval_harness.tasks import glue
+from eval_harness.tasks.glue import benchmark as glue
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "glue"
-DEMO = Path(glue.__file__).resolve().parents[1] / "data" / "demo_pairs"
+DEMO = Path(glue.__file__).resolve().parents[2] / "data" / "demo_pairs"
 assert tasks  # the package exists
 
 
@@ -60,7 +60,7 @@ def test_parse_section_reads_tasks_methods_and_train() -> None:
 def test_demo_config_is_valid_without_base_model() -> None:
     import yaml
 
-    path = Path(glue.__file__).resolve().parents[2] / "example_configs" / "eval" / "demo_nlu.yaml"
+    path = Path(glue.__file__).resolve().parents[3] / "example_configs" / "eval" / "demo_nlu.yaml"
     config = parse_config(yaml.safe_load(path.read_text()), base_dir=path.parent)
     settings = config.benchmarks["glue"]
     assert config.base_model is None and config.report_baseline == "LoRA"
@@ -170,7 +170,7 @@ def test_saved_activation_bytes_depend_only_on_the_batch_length_and_grow_with_it
     """The premise of finetune counting saved tensors only on a batch longer than any counted before."""
     from transformers import AutoModelForSequenceClassification
 
-    from eval_harness.finetune import SavedTensorCounter
+    from eval_harness.tasks.glue.finetune import SavedTensorCounter
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
     counter = SavedTensorCounter(model)

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 from lm_eval.api.model import LM
 
-from eval_harness.config import GenerationDefaults, load_config
+from eval_harness.config import GenerationDefaults
+from eval_harness.eval_yaml import load_config
 from eval_harness.results import ItemLog, read_json
 from eval_harness.tasks.gsm8k_math import GSM8K, MATH, PACKAGED_GSM8K_TEST
 from tests.eval_harness.conftest import GSM8K_SLICE, MATH_FIXTURE, tiny_config, write_yaml
@@ -58,7 +59,7 @@ def _run_with_oracle(monkeypatch, tmp_path, benchmark, settings, oracle) -> dict
 
     monkeypatch.setattr(huggingface, "HFLM", lambda **kwargs: oracle)
     handle = SimpleNamespace(label="oracle", method="Oracle", seed=1, model=None, tokenizer=None,
-                             trainable_params=123, generation=GenerationDefaults(batch_size=2, max_new_tokens=32))
+                             trainable_params=123, base_model="models/tiny", generation=GenerationDefaults(batch_size=2, max_new_tokens=32))
     out_dir = tmp_path / "oracle" / benchmark.key
     out_dir.mkdir(parents=True)
     return benchmark.run(settings, model=handle, out_dir=out_dir)

@@ -8,7 +8,7 @@ from peft import LoraConfig, get_peft_model
 
 import nlora_plugin
 from eval_harness.errors import ConfigError
-from eval_harness.methods import build_peft_config, parse_method, unique_labels
+from eval_harness.tasks.glue.methods import build_peft_config, parse_method, unique_labels
 
 
 def build(item: dict, seed: int = 0):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from eval_harness.errors import ConfigError
+from eval_harness.jsonl import read_records
 from eval_harness.tasks import mt_bench
 
 DATA = mt_bench.DATA
@@ -74,6 +75,7 @@ class FakeModel:
     method: str = "NLoRA"
     seed: int | None = 0
     trainable_params: int | None = 123
+    base_model: str = "models/tiny"
     tokenizer: object = None
     generator: ScriptedGenerator = field(default_factory=ScriptedGenerator)
 
@@ -91,9 +93,9 @@ def settings(base_url: str, **fields) -> mt_bench.MTBenchSettings:
 
 
 def test_packaged_data_is_the_80_questions_and_8_prompts():
-    questions = mt_bench.read_jsonl(DATA / "question.jsonl")
+    questions = read_records(DATA / "question.jsonl", where="questions")
     assert len(questions) == 80 and all(len(q["turns"]) == 2 for q in questions)
-    assert len(mt_bench.read_jsonl(DATA / "judge_prompts.jsonl")) == 8
+    assert len(read_records(DATA / "judge_prompts.jsonl", where="judge_prompts")) == 8
     assert (DATA / "LICENSE").is_file()
 
 

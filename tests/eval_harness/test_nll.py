@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval_harness.config import load_config
 from eval_harness.errors import ConfigError
+from eval_harness.eval_yaml import load_config
 from eval_harness.report import build_report
 from eval_harness.results import ItemLog, read_json
 from eval_harness.runner import run_config

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 from lm_eval.models.huggingface import HFLM
 
-from eval_harness.config import load_config
 from eval_harness.errors import ConfigError
+from eval_harness.eval_yaml import load_config
 from eval_harness.results import ItemLog, read_json
 from eval_harness.runner import format_table, run_config
+from eval_harness.tasks.base import Benchmark
 from tests.eval_harness.conftest import tiny_config, write_yaml
 
 
@@ -115,9 +114,9 @@ def test_format_table():
 def test_mt_bench_pairwise_runs_every_other_label_once(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from eval_harness.config import BENCHMARKS, ModelEntry
     from eval_harness.results import atomic_write_json
-    from eval_harness.runner import run_mt_bench_pairwise
+    from eval_harness.run_folder import RunFolder
+    from eval_harness.tasks import BENCHMARKS, mt_bench
 
     calls = []
 
@@ -127,24 +126,32 @@ def test_mt_bench_pairwise_runs_every_other_label_once(tmp_path, monkeypatch):
         atomic_write_json(run_dir / label_a / f"mt_bench_vs_{label_b}" / "summary.json", summary)
         return summary
 
-    monkeypatch.setattr(type(BENCHMARKS["mt_bench"]), "load", lambda self: SimpleNamespace(run_pairwise=run_pairwise))
-    config = SimpleNamespace(
-        benchmarks={"mt_bench": SimpleNamespace(mode="both", baseline_label="lora")},
-        models=[ModelEntry("lora", "LoRA"), ModelEntry("nlora", "NLoRA"), ModelEntry("pissa", "PiSSA")],
-    )
-    first = run_mt_bench_pairwise(config, tmp_path)
+    monkeypatch.setattr(mt_bench, "run_pairwise", run_pairwise)
+    settings = SimpleNamespace(mode="both", baseline_label="lora")
+    labels = ["lora", "nlora", "pissa"]
+    first = BENCHMARKS["mt_bench"].run_cross_model(settings, labels=labels, run=RunFolder(tmp_path))
     assert calls == [("nlora", "lora"), ("pissa", "lora")]
-    assert run_mt_bench_pairwise(config, tmp_path) == first  # finished comparisons are not judged again
-    assert len(calls) == 2
+    assert BENCHMARKS["mt_bench"].run_cross_model(settings, labels=labels, run=RunFolder(tmp_path)) == first
+    assert len(calls) == 2  # finished comparisons are not judged again
 
 
-FAKE_TRAINER = None  # set by the test below: a task that trains its own models (like GLUE)
+class FakeTrainer(Benchmark):
+    """A benchmark that trains its own models (like GLUE)."""
+
+    key, title, per_model = "own", "Own", False
+
+    def __init__(self, run_all):
+        self.run_all = run_all
+
+    def parse_section(self, section, *, where, base_dir):
+        return dict(section)
+
+    def run_cross_model(self, settings, *, labels, run):
+        return self.run_all(settings, run_dir=run.root)
 
 
 def test_run_all_benchmarks_run_once_per_run(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
-    from eval_harness.config import BENCHMARKS, Benchmark
+    from eval_harness.tasks import BENCHMARKS
 
     calls = []
 
@@ -153,9 +160,7 @@ def test_run_all_benchmarks_run_once_per_run(tmp_path, monkeypatch):
         return [{"label": "nlora-s0", "benchmark": "glue_sst2", "primary_metric": "accuracy",
                  "metrics": {"accuracy": 0.9}}]
 
-    trainer = SimpleNamespace(parse_section=lambda section, *, where, base_dir: dict(section), run_all=run_all)
-    monkeypatch.setattr(sys.modules[__name__], "FAKE_TRAINER", trainer)
-    monkeypatch.setitem(BENCHMARKS, "own", Benchmark("own", __name__, "FAKE_TRAINER", per_model=False))
+    monkeypatch.setitem(BENCHMARKS, "own", FakeTrainer(run_all))
     config = load_config(write_yaml(tmp_path, {"benchmarks": {"own": {"steps": 3}}}))
     summaries = run_config(config, tmp_path / "run", command=["test"])
     assert calls == [({"steps": 3}, tmp_path / "run")]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from eval_harness.cli import main
-from eval_harness.config import load_config
 from eval_harness.errors import ConfigError
+from eval_harness.eval_yaml import load_config
 
 VALID = "benchmarks:\n  gsm8k: {data: gsm8k.jsonl}\n"
 

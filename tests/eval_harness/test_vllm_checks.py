@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from eval_harness.adapters import check_servable_by_vllm, served_lora_rank, vllm_max_lora_rank
-from eval_harness.config import VLLMSettings, load_config
+from eval_harness.config import VLLMSettings
 from eval_harness.errors import ConfigError
+from eval_harness.eval_yaml import load_config
 from tests.eval_harness.conftest import tiny_config, write_yaml
 
 LORA = {"peft_type": "LORA", "r": 16, "bias": "none"}

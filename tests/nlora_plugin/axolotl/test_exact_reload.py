@@ -53,7 +53,7 @@ def trained(request: pytest.FixtureRequest, tiny_decoder: Path, tmp_path_factory
 
 def harness_model(tiny_decoder: Path, adapter: Path, tmp_path: Path) -> torch.nn.Module:
     """The model `eval-harness run` evaluates for this adapter: the YAML checked, then ModelHandle.model."""
-    from eval_harness.config import load_config
+    from eval_harness.eval_yaml import load_config
     from eval_harness.models import ModelHandle
 
     yaml_path = tmp_path / "eval.yaml"

@@ -33,7 +33,7 @@ from peft import get_peft_model
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, get_cosine_schedule_with_warmup
 
-from eval_harness.methods import MethodSpec, build_peft_config
+from eval_harness.tasks.glue.methods import MethodSpec, build_peft_config
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from peft import PeftConfig
 
-from eval_harness.config import parse_intended_differences
 from eval_harness.errors import ConfigError
+from eval_harness.fields import get_float, get_int, parse_intended_differences
 from eval_harness.results import SLUG, label_folder, seed_run_folder
 from nlora_plugin.methods import METHODS
 
@@ -85,15 +85,15 @@ def parse_method(item: Any, *, where: str) -> MethodSpec:
     label = item.get("label", METHODS[name].label)
     if not isinstance(label, str) or not SLUG.sub("", label):
         raise ConfigError(f"{where}.label: expected a name such as 'NLoRA (pivoted)', got {label!r}")
-    r = _number(item, "r", where=where, default=8, integer=True, low=1)
+    r = get_int(item, "r", where=where, default=8, minimum=1)
     spec = MethodSpec(
         name=name,
         label=label,
         r=r,
-        lora_alpha=_number(item, "lora_alpha", where=where, default=float(r), low=1e-12),
-        learning_rate=_number(item, "learning_rate", where=where, default=5e-4, low=1e-12),
+        lora_alpha=get_float(item, "lora_alpha", where=where, default=float(r), low=1e-12),
+        learning_rate=get_float(item, "learning_rate", where=where, default=5e-4, low=1e-12),
         target_modules=_targets(item.get("target_modules", ["query", "value"]), where=f"{where}.target_modules"),
-        lora_dropout=_number(item, "lora_dropout", where=where, default=0.0, low=0.0, high=0.999),
+        lora_dropout=get_float(item, "lora_dropout", where=where, default=0.0, low=0.0, high=0.999),
         options={key: item[key] for key in NLORA_EXTRA_FIELDS if key in item},
         intended_differences=parse_intended_differences(item.get("intended_differences"), where=f"{where}.intended_differences"),
     )
@@ -102,19 +102,6 @@ def parse_method(item: Any, *, where: str) -> MethodSpec:
     except (ValueError, TypeError) as error:  # NLoraConfig names the field, the value and the fix
         raise ConfigError(f"{where}: {error}") from error
     return spec
-
-
-def _number(item: Mapping, key: str, *, where: str, default: float, integer: bool = False,
-            low: float | None = None, high: float | None = None) -> Any:
-    value = item.get(key, default)
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or (low is not None and value < low) or (
-            high is not None and value > high):
-        kind = "an integer" if integer else "a number"
-        bounds = f" >= {low}" if low is not None else ""
-        bounds += f" and <= {high}" if high is not None else ""
-        raise ConfigError(f"{where}.{key}: expected {kind}{bounds}, got {value!r}")
-    return value if integer else float(value)
 
 
 def _targets(value: Any, *, where: str) -> tuple[str, ...] | str:

