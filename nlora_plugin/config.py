@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from peft.config import PeftConfig
 
-from .nystrom import CORE_CHOICES, INDEX_CHOICES, CoreChoice, IndexChoice
+from .nystrom import CoreChoice, IndexChoice
 from .peft_type import NLORA_PEFT_TYPE
 
-INIT_METHODS = ("nlora", "slora")
-NYSTROM_CORES = CORE_CHOICES
-NYSTROM_INDICES = INDEX_CHOICES
-SLORA_N_INITS = ("kaiming", "gaussian")
+InitMethod = Literal["nlora", "slora"]
+SloraNInit = Literal["kaiming", "gaussian"]
+BiasChoice = Literal["none", "all", "lora_only"]
+# NLoraConfig fields plain LoRA has no counterpart for, that users set (Axolotl's `nlora:` block, GLUE methods);
+# init_method and train_only_intermediate are set by the method's name instead (nlora_plugin.methods).
+OPTION_FIELDS = ("nystrom_core", "nystrom_index", "pinv_rtol", "residual", "slora_n_init", "seed")
 
 
 def _invalid(field_name: str, value: object, fix: str) -> ValueError:
@@ -44,7 +46,7 @@ class NLoraConfig(PeftConfig):
     exclude_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Module names (or a regex) never to adapt."}
     )
-    init_method: Literal["nlora", "slora"] = field(
+    init_method: InitMethod = field(
         default="nlora",
         metadata={
             "help": "'nlora': A, N, B from a Nyström decomposition of the frozen weight (paper §3). "
@@ -87,7 +89,7 @@ class NLoraConfig(PeftConfig):
             "from the original base weights when the adapter is loaded."
         },
     )
-    slora_n_init: Literal["kaiming", "gaussian"] = field(
+    slora_n_init: SloraNInit = field(
         default="kaiming",
         metadata={"help": "SLoRA's N: 'kaiming' uniform (paper's choice, App. B) or 'gaussian' (std 1/r)."},
     )
@@ -99,7 +101,7 @@ class NLoraConfig(PeftConfig):
             "or process count (ZeRO-3 ranks agree)."
         },
     )
-    bias: Literal["none", "all", "lora_only"] = field(
+    bias: BiasChoice = field(
         default="none", metadata={"help": "Which biases train, as in PEFT's LoraConfig."}
     )
     modules_to_save: list[str] | None = field(
@@ -134,14 +136,10 @@ class NLoraConfig(PeftConfig):
             raise _invalid("lora_alpha", self.lora_alpha, "use a positive number; the paper sets lora_alpha = r")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise _invalid("lora_dropout", self.lora_dropout, "use a probability in [0, 1); the paper uses 0")
-        choices = {
-            "init_method": INIT_METHODS,
-            "nystrom_core": NYSTROM_CORES,
-            "nystrom_index": NYSTROM_INDICES,
-            "slora_n_init": SLORA_N_INITS,
-            "bias": ("none", "all", "lora_only"),
-        }
-        for name, allowed in choices.items():
+        choices = {"init_method": InitMethod, "nystrom_core": CoreChoice, "nystrom_index": IndexChoice,
+                   "slora_n_init": SloraNInit, "bias": BiasChoice}
+        for name, choice in choices.items():
+            allowed = get_args(choice)
             if getattr(self, name) not in allowed:
                 raise _invalid(name, getattr(self, name), f"choose one of {', '.join(map(repr, allowed))}")
         if not 0.0 <= self.pinv_rtol < 1.0:

@@ -6,14 +6,16 @@ Plain LoRA fields stay where Axolotl keeps them (``lora_r``, ``lora_alpha``, ``l
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from nlora_plugin.config import OPTION_FIELDS, NLoraConfig
 from nlora_plugin.methods import METHODS, NLORA_METHODS
-from nlora_plugin.nystrom import CoreChoice, IndexChoice
 
 # adapter name -> (NLoraConfig.init_method, NLoraConfig.train_only_intermediate), from the method table
 ADAPTERS: dict[str, tuple[str, bool]] = {
@@ -25,32 +27,12 @@ _SET_BY_ADAPTER = {"init_method", "train_only_intermediate"}
 _QUANTIZED_FIELDS = ("load_in_4bit", "load_in_8bit", "gptq")
 
 
-class NLoraOptions(BaseModel):
-    """Options of NLoraConfig that plain LoRA has no field for (defaults = the authors' code)."""
+# `nlora:` holds NLoraConfig's OPTION_FIELDS (plain LoRA's stay in Axolotl's lora_* fields; the method is
+# chosen by `adapter:`). Their types, defaults and help are NLoraConfig's own: one definition of each option.
 
+
+class _NLoraOptionsBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-    nystrom_core: CoreChoice = Field(
-        default="sample",
-        description="N for NLoRA: 'sample' = the sampled r×r block A_W (authors' code); 'pinv' = pinv(A_W) "
-        "(eq. 5 read literally); 'optimal' = least-squares core for the same rows and columns.",
-    )
-    nystrom_index: IndexChoice = Field(
-        default="first",
-        description="Which r rows/columns of W are sampled: 'first' (authors' code), 'random' (seeded), "
-        "'pivoted' (DEIM pivots of W's approximate top-r singular vectors).",
-    )
-    pinv_rtol: float = Field(
-        default=1e-2, ge=0.0, lt=1.0, description="Relative singular-value cut-off for 'pinv' and 'optimal'."
-    )
-    residual: bool = Field(
-        default=False,
-        description="Subtract scale·B·N·A from the frozen weight so the output at step 0 is the pretrained one.",
-    )
-    slora_n_init: Literal["kaiming", "gaussian"] = Field(
-        default="kaiming", description="SLoRA's N: Kaiming uniform (paper, App. B) or Gaussian (std 1/r)."
-    )
-    seed: int = Field(default=0, description="Seed of every random init (per layer, so ZeRO-3 ranks agree).")
 
     @model_validator(mode="before")
     @classmethod
@@ -63,6 +45,29 @@ class NLoraOptions(BaseModel):
                     f"remove nlora.{name}"
                 )
         return data
+
+    @model_validator(mode="after")
+    def _check_with_nlora_config(self) -> _NLoraOptionsBase:
+        """NLoraConfig's own value checks (pinv_rtol's range, ...), named as the YAML names them."""
+        try:
+            NLoraConfig(**self.model_dump())
+        except ValueError as error:
+            raise ValueError(str(error).replace("NLoraConfig.", "nlora.")) from None
+        return self
+
+
+def _option_field(name: str) -> tuple[Any, Any]:
+    config_field = next(item for item in dataclasses.fields(NLoraConfig) if item.name == name)
+    annotation = typing.get_type_hints(NLoraConfig)[name]
+    return annotation, Field(default=config_field.default, description=config_field.metadata["help"])
+
+
+NLoraOptions = create_model(
+    "NLoraOptions",
+    __base__=_NLoraOptionsBase,
+    __doc__="Options of NLoraConfig that plain LoRA has no field for (defaults = the authors' code).",
+    **{name: _option_field(name) for name in OPTION_FIELDS},
+)
 
 
 class NLoraArgs(BaseModel):

@@ -17,12 +17,13 @@ from peft import PeftConfig
 from eval_harness.errors import ConfigError
 from eval_harness.fields import get_float, get_int, parse_intended_differences
 from eval_harness.results import SLUG, label_folder, seed_run_folder
+from nlora_plugin.config import OPTION_FIELDS
 from nlora_plugin.methods import METHODS
 
 COMMON_FIELDS = ("name", "label", "r", "lora_alpha", "learning_rate", "target_modules", "lora_dropout",
                  "intended_differences")
 # NLoraConfig fields a method entry may set (the rest are set here: head, task type, fixed init fields).
-NLORA_EXTRA_FIELDS = ("nystrom_core", "nystrom_index", "pinv_rtol", "residual", "slora_n_init", "seed", "bias")
+NLORA_EXTRA_FIELDS = (*OPTION_FIELDS, "bias")
 
 
 @dataclass(frozen=True)
