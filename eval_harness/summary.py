@@ -72,6 +72,13 @@ class Summary:
         return document
 
     @classmethod
+    def for_model(cls, model: Any, **fields: Any) -> Summary:
+        """A summary of one model entry: label, method, seed, trainable_params and base_model from its
+        `ModelHandle`, the rest (benchmark, title, metrics, ...) from `fields`."""
+        return cls(label=model.label, method=model.method, seed=model.seed, trainable_params=model.trainable_params,
+                   base_model=str(model.base_model), **fields)
+
+    @classmethod
     def from_json(cls, data: Any, *, source: Path | str) -> Summary:
         """A summary read back, any schema version; unknown top-level fields go to `extra`."""
         if not isinstance(data, Mapping):

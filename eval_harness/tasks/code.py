@@ -394,11 +394,10 @@ def run(settings: CodeSettings, *, model: ModelHandle, out_dir: Path) -> dict[st
                 on_task=_appender(log, chunk_problems))
     records = {r["id"]: r for r in log.records()}
     counts = [(records[p.task_id]["n"], records[p.task_id]["c"]) for p in problems]
-    return Summary(
-        label=model.label, method=model.method, seed=model.seed, benchmark=settings.benchmark,
-        title=TITLES[settings.benchmark], metrics=mean_pass_at_k(counts, settings.k), primary_metric="pass@1",
-        metric_kind="mean", n_items=len(problems), trainable_params=model.trainable_params,
-        base_model=str(model.base_model),
+    return Summary.for_model(
+        model, benchmark=settings.benchmark, title=TITLES[settings.benchmark],
+        metrics=mean_pass_at_k(counts, settings.k), primary_metric="pass@1", metric_kind="mean",
+        n_items=len(problems),
         extra={"n_samples": settings.n_samples, "temperature": temperature, "top_p": top_p,
                "max_new_tokens": max_new_tokens, "k": list(settings.k), "stop": list(stop),
                "sandbox_limits": asdict(limits),

@@ -154,10 +154,8 @@ class LmEvalBenchmark(Benchmark):
             if record["id"] not in done:
                 log.append(record)
         task_metrics = results["results"][settings.task_name]
-        return Summary(
-            label=model.label,
-            method=model.method,
-            seed=model.seed,
+        return Summary.for_model(
+            model,
             benchmark=self.key,
             title=self.title,
             metrics=self.summary_metrics(settings, task_metrics),
@@ -165,8 +163,6 @@ class LmEvalBenchmark(Benchmark):
             metric_kind="mean",
             item_score_keys=self.item_score_keys(),
             n_items=len(records),
-            trainable_params=model.trainable_params,
-            base_model=str(model.base_model),
             extra={
                 "prompt": settings.prompt,
                 "num_fewshot": settings.num_fewshot,

@@ -320,10 +320,9 @@ def run(settings: MTBenchSettings, *, model: ModelHandle, out_dir: Path) -> dict
     atomic_write_text(out_dir / "items.jsonl", "".join(
         json.dumps({"id": r["id"], "score": r["rating"], "turn": r["turn"], "category": r["category"]}) + "\n"
         for r in rated))
-    return Summary(
-        label=model.label, method=model.method, seed=model.seed, benchmark=MT_BENCH.key, title=MT_BENCH.title,
-        metrics=_mean_scores(rated), primary_metric="score", metric_kind="mean", n_items=len(rated),
-        trainable_params=model.trainable_params, base_model=str(model.base_model),
+    return Summary.for_model(
+        model, benchmark=MT_BENCH.key, title=MT_BENCH.title, metrics=_mean_scores(rated), primary_metric="score",
+        metric_kind="mean", n_items=len(rated),
         extra={"unparsed_judgments": len(records) - len(rated), "judge_model": settings.judge.model,
                "settings": {**asdict(settings), "judge": {**asdict(settings.judge), "api_key": None}}},
     ).write(out_dir)

@@ -226,10 +226,8 @@ def run(settings: NllSettings, *, model: ModelHandle, out_dir: Path) -> dict[str
                             **shown_text})
     wanted = {item.id for item in items}
     records = [record for record in log.records() if str(record["id"]) in wanted]
-    return Summary(
-        label=model.label,
-        method=model.method,
-        seed=model.seed,
+    return Summary.for_model(
+        model,
         benchmark=NLL.key,
         title=NLL.title,
         metrics=summary_metrics(records),
@@ -237,8 +235,6 @@ def run(settings: NllSettings, *, model: ModelHandle, out_dir: Path) -> dict[str
         metric_kind="mean",
         lower_is_better=True,
         n_items=len(records),
-        trainable_params=model.trainable_params,
-        base_model=str(model.base_model),
         extra={"answer_tokens": sum(int(r["n_tokens"]) for r in records), "data": str(settings.data),
                "format": settings.format, "add_eos": settings.add_eos, "generated_items": len(shown),
                "max_length": settings.max_length, "truncated_items": sum(bool(r["truncated"]) for r in records),
