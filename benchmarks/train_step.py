@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -173,7 +172,9 @@ def run_memory_worker(method: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, "-m", "benchmarks.train_step", "--worker", method]
     for name in ("hidden", "layers", "r", "batch", "seq", "vocab", "memory_steps", "threads", "lr"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    from nlora_plugin.offline import offline_env
+
+    env = offline_env()
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=root)
     if done.returncode != 0:

@@ -48,10 +48,7 @@ NOTE = (
     "(7B models, 100K samples). NLL = teacher-forced mean negative log-likelihood per answer token of held-out "
     "GSM8K test solutions in the training format (lower is better)."
 )
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
+QUIET_ENV = {  # with the Hub's offline settings, the environment of every CLI step
     "WANDB_MODE": "disabled",
     "DO_NOT_TRACK": "1",
     "TOKENIZERS_PARALLELISM": "false",
@@ -85,7 +82,9 @@ METHODS = (
 
 def offline_env(threads: int | None = None) -> dict[str, str]:
     """The environment of every CLI step: offline, the venv's tools first, `threads` torch threads."""
-    env = {**os.environ, **OFFLINE_ENV, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    from nlora_plugin.offline import offline_env as hub_offline_env
+
+    env = {**hub_offline_env(), **QUIET_ENV, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     return env

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from eval_harness.config import load_config
 from eval_harness.runner import run_config
 from eval_harness.tasks import mt_bench
 from eval_harness.tiny_decoder import build_tiny_decoder
+from nlora_plugin.offline import offline_env
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def served_tiny_model(tmp_path_factory):
     command = [str(Path(sys.executable).parent / "transformers"), "serve", "--host", "127.0.0.1", "--port",
                str(port), "--device", "cpu", "--dtype", "float32", str(model_dir)]
     log = (model_dir.parent / "serve.log").open("w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=offline_env())
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from benchmarks.vllm_parity import TARGETS, perturbed_adapter
+from nlora_plugin.offline import offline_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -27,13 +28,12 @@ if importlib.util.find_spec("vllm") is None or importlib.util.find_spec("llm_smo
     pytest.skip("needs vLLM and the demo extra: run in .venv-vllm (make vllm)", allow_module_level=True)
 
 LABELS = ("base", "lora", "nlora", "nlora-residual")
-ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-       "VLLM_CPU_KVCACHE_SPACE": "2",  # GiB of KV cache on the CPU
+ENV = {"VLLM_CPU_KVCACHE_SPACE": "2",  # GiB of KV cache on the CPU
        "VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}  # every core
 
 
 def run_harness(config: Path, output: Path) -> None:
-    env = {**os.environ, **ENV}
+    env = {**offline_env(), **ENV}
     result = subprocess.run([sys.executable, "-m", "eval_harness", "run", str(config), "--output", str(output)],
                             check=False, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -112,7 +112,7 @@ def test_the_report_records_the_backend_and_keeps_backends_apart(runs, tmp_path)
     run = json.loads((runs["vllm"] / "run.json").read_text())
     assert run["config"]["generation"]["backend"] == "vllm" and run["versions"]["vllm-cpu"] == "0.32.0"
     result = subprocess.run([sys.executable, "-m", "eval_harness", "report", str(runs["hf"]), str(runs["vllm"]),
-                             "--output", str(tmp_path / "report")], check=False, env={**os.environ, **ENV},
+                             "--output", str(tmp_path / "report")], check=False, env={**offline_env(), **ENV},
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "report" / "results.json").read_text())

@@ -14,9 +14,7 @@ CONFIGS = REPO / "example_configs" / "axolotl"
 DEEPSPEED_CONFIGS = REPO / "example_configs" / "deepspeed"
 TRAIN_DATA = REPO / "eval_harness" / "data" / "demo_nlg" / "gsm8k_train_alpaca_64.jsonl"
 VENV_BIN = Path(sys.executable).parent
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
+QUIET_ENV = {
     "WANDB_MODE": "disabled",
     "DO_NOT_TRACK": "1",
     "AXOLOTL_DO_NOT_TRACK": "1",
@@ -27,7 +25,9 @@ OFFLINE_ENV = {
 
 def subprocess_env() -> dict[str, str]:
     """Offline env with the venv's bin first on PATH (the axolotl CLI execs `accelerate`) and the repo importable."""
-    env = {**os.environ, **OFFLINE_ENV}
+    from nlora_plugin.offline import offline_env
+
+    env = {**offline_env(), **QUIET_ENV}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
