@@ -337,7 +337,7 @@ def format_init_table(result: InitBenchResult) -> str:
 
 
 def goal_report(result: InitBenchResult) -> list[str]:
-    """The issue's goals: NLoRA default <= 1.1x LoRA's init time and >= 50x faster than PiSSA."""
+    """The project's goals: NLoRA default <= 1.1x LoRA's init time and >= 50x faster than PiSSA."""
     lines = []
     vs_lora = result.ratio("nlora", BASELINE)
     if vs_lora is not None:

@@ -61,13 +61,11 @@ def lora_config_for(config: NLoraConfig, residual_layers: bool, fan_in_fan_out: 
     )
 
 
-def _layer_prefixes(model: torch.nn.Module, adapter_name: str) -> dict[str, NLoraLayer]:
-    """Saved-key prefix ("base_model.model.<path>.") of every NLoRA layer that holds `adapter_name`."""
-    layers = {}
-    for name, module in model.named_modules():
-        if isinstance(module, NLoraLayer) and adapter_name in module.lora_A:
-            layers[name.removeprefix("base_model.model.") ] = module
-    return {f"base_model.model.{name}.": module for name, module in layers.items()}
+def _layer_prefixes(model: PeftModel, adapter_name: str) -> dict[str, NLoraLayer]:
+    """Saved-key prefix ("base_model.model.<path>.": a PeftModel's module names) of every NLoRA layer that
+    holds `adapter_name`."""
+    return {f"{name}.": module for name, module in model.named_modules()
+            if isinstance(module, NLoraLayer) and adapter_name in module.lora_A}
 
 
 @torch.no_grad()

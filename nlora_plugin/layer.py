@@ -32,6 +32,16 @@ def layer_seed(seed: int, layer_key: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(layer_key.encode())) % (2**63)
 
 
+def check_nlora_rank(config: NLoraConfig, in_features: int, out_features: int, module: str, fixes: str) -> None:
+    """NLoRA samples r distinct rows and columns of W: r above min(in, out) is an error (SLoRA takes any r)."""
+    smaller = min(in_features, out_features)
+    if config.init_method == "nlora" and config.r > smaller:
+        raise ValueError(
+            f"NLoraConfig.r={config.r} is larger than the smaller dimension of {module} "
+            f"({out_features}×{in_features}): NLoRA samples r distinct rows and columns of W; use r <= {smaller}{fixes}"
+        )
+
+
 def _empty_linear(in_features: int, out_features: int, device: torch.device) -> nn.Linear:
     """A bias-free Linear on `device` whose weight is filled by our init (no wasted default init).
 
@@ -103,12 +113,7 @@ class NLoraLayer(BaseTunerLayer):
     def update_layer(self, adapter_name: str, config: NLoraConfig, layer_key: str) -> None:
         """Create and initialise adapter `adapter_name` (paper §3 for NLoRA, App. B for SLoRA)."""
         r = config.r
-        if config.init_method == "nlora" and r > min(self.in_features, self.out_features):
-            raise ValueError(
-                f"NLoraConfig.r={r} is larger than the smaller dimension of {layer_key} "
-                f"({self.out_features}×{self.in_features}): NLoRA samples r distinct rows and columns of W; use "
-                f"r <= {min(self.in_features, self.out_features)} (init_method='slora' accepts any r)"
-            )
+        check_nlora_rank(config, self.in_features, self.out_features, layer_key, " (init_method='slora' accepts any r)")
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = config.lora_alpha
         self.scaling[adapter_name] = config.lora_alpha / r

@@ -17,7 +17,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .config import NLoraConfig
 from .diagnostics import measure, summary_line, warn_if_damaging
-from .layer import NLoraLayer, NLoraLinear
+from .layer import NLoraLayer, NLoraLinear, check_nlora_rank
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +58,8 @@ class NLoraModel(BaseTuner):
                 in_features, out_features = module.in_features, module.out_features
             else:
                 in_features, out_features = getattr(module.weight, "ds_shape", module.weight.shape)
-            if config.r > min(in_features, out_features):
-                raise ValueError(
-                    f"NLoraConfig.r={config.r} is larger than the smaller dimension of target module {name} "
-                    f"({out_features}×{in_features}): NLoRA samples r distinct rows and columns of W; use "
-                    f"r <= {min(in_features, out_features)}, leave that module out of target_modules, or use "
-                    "init_method='slora' (any r)."
-                )
+            check_nlora_rank(config, in_features, out_features, f"target module {name}",
+                             ", leave that module out of target_modules, or use init_method='slora' (any r).")
 
     def _post_injection_hook(self, model: nn.Module, config: NLoraConfig, adapter_name: str) -> None:
         """Residual mode: say, once per model, where the residual came out larger than W itself."""
