@@ -172,7 +172,7 @@ def run_memory_worker(method: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, "-m", "benchmarks.train_step", "--worker", method]
     for name in ("hidden", "layers", "r", "batch", "seq", "vocab", "memory_steps", "threads", "lr"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    from nlora_plugin.offline import offline_env
+    from eval_harness.offline import offline_env
 
     env = offline_env()
     root = Path(__file__).resolve().parents[1]

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from eval_harness.errors import ConfigError
+from eval_harness.offline import force_offline
 
 logger = logging.getLogger("eval_harness")
 
@@ -54,9 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Everything is read from local folders; never reach for the Hugging Face Hub.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    force_offline()  # everything is read from local folders; never reach for the Hugging Face Hub
     try:
         if args.command == "run":
             return _run(args, argv)

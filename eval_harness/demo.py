@@ -82,7 +82,7 @@ METHODS = (
 
 def offline_env(threads: int | None = None) -> dict[str, str]:
     """The environment of every CLI step: offline, the venv's tools first, `threads` torch threads."""
-    from nlora_plugin.offline import offline_env as hub_offline_env
+    from eval_harness.offline import offline_env as hub_offline_env
 
     env = {**hub_offline_env(), **QUIET_ENV, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     if threads is not None:

@@ -13,11 +13,11 @@ import httpx
 import pytest
 import yaml
 
-from eval_harness.config import load_config
+from eval_harness.eval_yaml import load_config
+from eval_harness.offline import offline_env
 from eval_harness.runner import run_config
 from eval_harness.tasks import mt_bench
 from eval_harness.tiny_decoder import build_tiny_decoder
-from nlora_plugin.offline import offline_env
 
 pytestmark = pytest.mark.slow
 

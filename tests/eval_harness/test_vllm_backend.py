@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from benchmarks.vllm_parity import TARGETS, perturbed_adapter
-from nlora_plugin.offline import offline_env
+from eval_harness.offline import offline_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 

@@ -25,7 +25,7 @@ QUIET_ENV = {
 
 def subprocess_env() -> dict[str, str]:
     """Offline env with the venv's bin first on PATH (the axolotl CLI execs `accelerate`) and the repo importable."""
-    from nlora_plugin.offline import offline_env
+    from eval_harness.offline import offline_env
 
     env = {**offline_env(), **QUIET_ENV}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"

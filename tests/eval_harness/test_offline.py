@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nlora_plugin.offline import OFFLINE_ENV, force_offline, offline_env
+from eval_harness.offline import OFFLINE_ENV, force_offline, offline_env
 
 REPO = Path(__file__).resolve().parents[2]
 

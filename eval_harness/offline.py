@@ -1,7 +1,8 @@
 """The Hugging Face offline settings: models and data sets come from local folders, never from the Hub.
 
-Standard library only, so that ``conftest.py`` can load this file by path before anything imports the Hub
-(``huggingface_hub`` reads these settings once, at import; importing ``nlora_plugin`` imports it).
+Standard library only, in a package whose import is light, so that `eval-harness` and the test suite set
+these before anything imports the Hub (``huggingface_hub`` reads them once, at import; importing
+``nlora_plugin`` imports it).
 """
 
 from __future__ import annotations
