@@ -113,9 +113,10 @@ def _report(args: argparse.Namespace) -> int:
 def _baseline_from_runs(run_dirs: list[Path]) -> str | None:
     """The first `report.baseline` found in the runs' run.json files."""
     from eval_harness.results import read_json
+    from eval_harness.run_folder import RunFolder
 
     for run_dir in run_dirs:
-        run_json = run_dir / "run.json"
+        run_json = RunFolder(run_dir).run_record
         if run_json.is_file():
             baseline = read_json(run_json).get("config", {}).get("report", {}).get("baseline")
             if baseline:

@@ -11,6 +11,7 @@ from eval_harness.summary import SUMMARY_NAME
 
 RUN_RECORD = "run.json"  # the config, versions and command that made the run
 MODEL_RECORD = "model.json"  # what was evaluated under a label (adapter hash, budget, probe)
+TRAINING_RECORD = "training.json"  # how the harness fine-tuned a label (GLUE): loss curve, timings
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,13 @@ class RunFolder:
         return self.root / label
 
     def model_record(self, label: str) -> Path:
-        return self.root / label / MODEL_RECORD
+        return self.label_dir(label) / MODEL_RECORD
+
+    def training_record(self, label: str) -> Path:
+        return self.label_dir(label) / TRAINING_RECORD
 
     def benchmark_dir(self, label: str, benchmark: str) -> Path:
-        return self.root / label / benchmark
+        return self.label_dir(label) / benchmark
 
     def summary_path(self, label: str, benchmark: str) -> Path:
         return self.benchmark_dir(label, benchmark) / SUMMARY_NAME

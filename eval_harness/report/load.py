@@ -13,7 +13,7 @@ import numpy as np
 
 from eval_harness.errors import ConfigError
 from eval_harness.results import SEED_SUFFIX, ItemLog, label_folder, read_json
-from eval_harness.run_folder import MODEL_RECORD, RUN_RECORD
+from eval_harness.run_folder import MODEL_RECORD, RUN_RECORD, TRAINING_RECORD
 from eval_harness.summary import SUMMARY_NAME, Summary, SummaryError
 
 from .stats import Sample
@@ -47,11 +47,6 @@ class SeedResult:
     @property
     def metric_kind(self) -> str:
         return self.summary["metric_kind"]
-
-    @property
-    def title(self) -> str:
-        """The benchmark as the report names it (from the summary)."""
-        return self.summary["title"]
 
 
 @dataclass(frozen=True)
@@ -136,8 +131,8 @@ def _check_run_dir(run_dir: Path) -> None:
     if not run_dir.is_dir():
         raise ReportError(f"run directory {run_dir} does not exist (or is not a folder); "
                           "pass a folder written by `eval-harness run CONFIG --output RUN_DIR`")
-    if not (run_dir / "run.json").is_file():
-        raise ReportError(f"{run_dir} is not a run directory: {run_dir / 'run.json'} is missing; "
+    if not (run_dir / RUN_RECORD).is_file():
+        raise ReportError(f"{run_dir} is not a run directory: {run_dir / RUN_RECORD} is missing; "
                           "pass a folder written by `eval-harness run CONFIG --output RUN_DIR`")
 
 
@@ -208,7 +203,7 @@ def _load_label(run_dir: Path, run_base_model: str | None, label_dir: Path, runs
             metric_samples=_metric_samples(items, document), record=record, generations=_generations(items),
         ))
     model = runs.results[first_result].model if len(runs.results) > first_result else model_name(run_base_model)
-    training_path = label_dir / "training.json"
+    training_path = label_dir / TRAINING_RECORD
     adapter_training = ((record or {}).get("provenance") or {}).get("training") or {}
     evaluated = runs.results[first_result:]
     if not training_path.is_file() and adapter_training.get("loss_curve") and evaluated:

@@ -20,6 +20,7 @@ from eval_harness.errors import ConfigError
 from eval_harness.fields import check_fields, get_choice, get_device, get_float, get_int, resolve_path
 from eval_harness.metrics import METRICS
 from eval_harness.results import atomic_write_json, atomic_write_text, read_json
+from eval_harness.run_folder import RunFolder
 from eval_harness.summary import Summary
 from eval_harness.tasks.glue.finetune import Encoded, Example, FinetuneResult, TrainSettings, encode, finetune
 from eval_harness.tasks.glue.methods import MethodSpec, parse_method, spec_as_dict, unique_labels
@@ -286,7 +287,7 @@ def run_all(settings: GlueSettings, *, run_dir: Path) -> list[dict[str, Any]]:
     import torch
     from transformers import AutoTokenizer
 
-    run_dir = Path(run_dir)
+    run = RunFolder(Path(run_dir))
     device = settings.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -301,10 +302,9 @@ def run_all(settings: GlueSettings, *, run_dir: Path) -> list[dict[str, Any]]:
             for seed in settings.seeds:
                 done += 1
                 label = spec.run_label(seed)
-                paths = {key: run_dir / label / key / "summary.json" for key in task.eval_files}
-                if all(path.is_file() for path in paths.values()):
+                if all(run.is_finished(label, key) for key in task.eval_files):
                     logger.info("[%d/%d] %s/%s: finished in an earlier run, skipped", done, total, label, task.name)
-                    summaries.extend(read_json(path) for path in paths.values())
+                    summaries.extend(run.read_summary(label, key) for key in task.eval_files)
                     continue
                 if not encoded:
                     encoded = _encode_task(data, tokenizer, settings.train)
@@ -316,7 +316,7 @@ def run_all(settings: GlueSettings, *, run_dir: Path) -> list[dict[str, Any]]:
                                   description=f"[{done}/{total}] {label} {task.name}")
                 for key, predictions in zip(keys, result.predictions):
                     labels = encoded[key].labels.tolist()
-                    out = run_dir / label / key
+                    out = run.benchmark_dir(label, key)
                     items = (json.dumps({"id": item_id, "prediction": prediction, "label": gold})
                              for item_id, prediction, gold in zip(encoded[key].ids, predictions, labels))
                     atomic_write_text(out / "items.jsonl", "".join(f"{line}\n" for line in items))
@@ -326,7 +326,7 @@ def run_all(settings: GlueSettings, *, run_dir: Path) -> list[dict[str, Any]]:
                     logger.info("[%d/%d] %s %s: %s (%.1f s)", done, total, label, key,
                                 ", ".join(f"{name}={value:.4f}" for name, value in summary["metrics"].items()),
                                 time.perf_counter() - started)
-                _write_training(run_dir / label / "training.json", task.name, spec, seed, result)
+                _write_training(run.training_record(label), task.name, spec, seed, result)
     return summaries
 
 
